@@ -1,0 +1,16 @@
+"""The skeleton's promises: it imports, declares its version, and is found through its entry point."""
+
+from importlib.metadata import version
+
+import gcnet
+from ctxnets_shared import discover_packages
+
+
+def test_version_matches_metadata() -> None:
+    assert gcnet.__version__ == version("gcnet") == "0.1.0"
+
+
+def test_found_through_entry_point() -> None:
+    pkg = discover_packages(refresh=True)["gcnet"]
+    assert pkg is gcnet.CTXNETS_PACKAGE
+    assert pkg.import_name == "gcnet"

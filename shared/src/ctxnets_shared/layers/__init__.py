@@ -1,0 +1,25 @@
+"""Layer primitives used by more than one ctxnets package."""
+
+from ctxnets_shared.layers.attention2d import MultiHeadSelfAttention2d
+from ctxnets_shared.layers.attn_registry import (
+    AttnLayerSpec,
+    UnknownAttnLayerError,
+    attn_layer_factory,
+    create_attn_layer,
+    list_attn_layers,
+    register_attn_layer,
+    resolve_attn_layer,
+)
+from ctxnets_shared.layers.conv_norm_act import ConvNormAct
+
+__all__ = [
+    "AttnLayerSpec",
+    "ConvNormAct",
+    "MultiHeadSelfAttention2d",
+    "UnknownAttnLayerError",
+    "attn_layer_factory",
+    "create_attn_layer",
+    "list_attn_layers",
+    "register_attn_layer",
+    "resolve_attn_layer",
+]

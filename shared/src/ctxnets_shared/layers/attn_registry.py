@@ -1,0 +1,127 @@
+"""Attention-layer registry: one name space for timm's attention modules and the ctxnets packages' own.
+
+A backbone's ``attn_layer`` argument may be a name (``"se"``, ``"eca"``, ``"cbam"``, or a name an installed
+ctxnets package registers, such as gcnet's ``"gc"``), a callable ``channels -> nn.Module``, or None.
+Packages register their names at import time with :func:`register_attn_layer`; a name that is not yet known
+triggers discovery of installed packages through the ``ctxnets.packages`` entry-point group, so
+``create_attn_layer("gc", 256)`` works in a process that never imported gcnet.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, Union
+
+import torch.nn as nn
+from timm.layers import get_attn
+
+__all__ = [
+    "AttnLayerSpec",
+    "UnknownAttnLayerError",
+    "create_attn_layer",
+    "list_attn_layers",
+    "register_attn_layer",
+    "resolve_attn_layer",
+]
+
+AttnFactory = Callable[..., nn.Module]
+AttnLayerSpec = Union[str, AttnFactory, None]
+
+# the names timm.layers.get_attn maps to a module built from the channel count alone
+# (timm/layers/create_attn.py); "bottleneck"/"halo" need a feature size and "ge" fails with defaults.
+TIMM_ATTN_NAMES: tuple[str, ...] = (
+    "se", "ese", "eca", "ecam", "ceca", "gc", "gca", "cbam", "lcbam", "coord", "scoord", "ela", "strip",
+    "sk", "splat", "lambda", "nl", "bat",
+)  # fmt: skip
+
+_REGISTRY: dict[str, tuple[AttnFactory, str]] = {}
+
+
+class UnknownAttnLayerError(ValueError):
+    """Raised for an attention name that neither timm nor an installed ctxnets package provides."""
+
+
+def register_attn_layer(name: str, factory: AttnFactory, *, source: str = "user", overwrite: bool = False) -> None:
+    """Register ``factory(channels, **kwargs) -> nn.Module`` under ``name``.
+
+    A registered name shadows timm's name of the same spelling (gcnet registers the paper's ``"gc"`` block,
+    which differs from timm's GlobalContext defaults).
+
+    Args:
+        name: lower-case attention name.
+        factory: callable taking the channel count first.
+        source: who registered it (a distribution name), shown by ``ctxnets info``.
+        overwrite: allow replacing an existing registration from a different source.
+    """
+    key = name.lower()
+    if key in _REGISTRY and not overwrite and _REGISTRY[key][1] != source:
+        raise ValueError(f"attention layer {name!r} is already registered by {_REGISTRY[key][1]!r}")
+    _REGISTRY[key] = (factory, source)
+
+
+def list_attn_layers() -> dict[str, str]:
+    """Every resolvable name and where it comes from (``"timm"`` or a distribution name)."""
+    _discover()
+    names = {n: "timm" for n in TIMM_ATTN_NAMES}
+    names.update({n: src for n, (_, src) in _REGISTRY.items()})
+    return dict(sorted(names.items()))
+
+
+def _discover() -> None:
+    # local import: packages.py imports this module's registry through the packages it loads
+    from ctxnets_shared.packages import discover_packages
+
+    discover_packages()
+
+
+def resolve_attn_layer(attn_layer: AttnLayerSpec) -> AttnFactory | None:
+    """Turn a name, a callable or None into a factory ``channels -> nn.Module`` (or None).
+
+    Raises:
+        UnknownAttnLayerError: ``attn_layer`` is a string no installed package or timm knows.
+        TypeError: ``attn_layer`` is neither a string, a callable nor None.
+    """
+    if attn_layer is None:
+        return None
+    if isinstance(attn_layer, str):
+        key = attn_layer.lower()
+        if key in ("", "none"):
+            return None
+        if key not in _REGISTRY:
+            _discover()
+        if key in _REGISTRY:
+            return _REGISTRY[key][0]
+        if key in TIMM_ATTN_NAMES:
+            timm_cls = get_attn(key)
+            assert timm_cls is not None
+            return timm_cls
+        valid = ", ".join(list_attn_layers())
+        raise UnknownAttnLayerError(f"unknown attention layer {attn_layer!r}; valid names: {valid}")
+    if callable(attn_layer):
+        return attn_layer
+    raise TypeError(f"attn_layer must be a name, a callable channels -> nn.Module, or None; got {attn_layer!r}")
+
+
+def create_attn_layer(attn_layer: AttnLayerSpec, channels: int, **kwargs: Any) -> nn.Module | None:
+    """Build the attention module for a ``channels``-channel NCHW map (None when ``attn_layer`` is None).
+
+    Args:
+        attn_layer: a name, a callable ``channels -> nn.Module``, or None.
+        channels: channel count C of the (B, C, H, W) map the module maps to itself.
+        **kwargs: passed to the factory.
+    """
+    if channels <= 0:
+        raise ValueError(f"channels must be a positive integer, got {channels}")
+    factory = resolve_attn_layer(attn_layer)
+    if factory is None:
+        return None
+    return factory(channels, **kwargs)
+
+
+def attn_layer_factory(attn_layer: AttnLayerSpec, **kwargs: Any) -> AttnFactory | None:
+    """Resolve once and bind kwargs: the form a block constructor takes (``attn_layer(channels)``)."""
+    factory = resolve_attn_layer(attn_layer)
+    if factory is None:
+        return None
+    return functools.partial(factory, **kwargs) if kwargs else factory

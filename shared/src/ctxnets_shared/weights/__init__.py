@@ -1,0 +1,28 @@
+"""safetensors weights I/O and converters for official checkpoints."""
+
+from ctxnets_shared.weights.convert import CheckpointConverter, read_checkpoint
+from ctxnets_shared.weights.errors import CheckpointMismatchError, UnsafeCheckpointError, WeightsFileError
+from ctxnets_shared.weights.io import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    atomic_write,
+    check_state_dict,
+    load_pretrained,
+    load_safetensors,
+    save_pretrained,
+)
+
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "CheckpointConverter",
+    "CheckpointMismatchError",
+    "UnsafeCheckpointError",
+    "WeightsFileError",
+    "atomic_write",
+    "check_state_dict",
+    "load_pretrained",
+    "load_safetensors",
+    "read_checkpoint",
+    "save_pretrained",
+]

@@ -1,0 +1,124 @@
+"""Base class for converters from official ``.pth`` / ``.pth.tar`` checkpoints to our safetensors folders.
+
+Pickled checkpoints are read with ``torch.load(weights_only=True)``: tensors, containers and numbers load,
+anything that would run code is refused with :class:`UnsafeCheckpointError`. A package subclasses
+:class:`CheckpointConverter` and overrides :meth:`map_key` (and rarely :meth:`map_tensor`).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn as nn
+
+from ctxnets_shared.weights.errors import UnsafeCheckpointError, WeightsFileError
+from ctxnets_shared.weights.io import check_state_dict, load_safetensors, save_pretrained
+
+__all__ = ["CheckpointConverter", "read_checkpoint"]
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> Any:
+    """Read a ``.pth``/``.pth.tar``/``.safetensors`` file without executing code.
+
+    Raises:
+        WeightsFileError: missing, truncated or unreadable file.
+        UnsafeCheckpointError: a pickle that needs code execution (custom classes, ``os.system``, ...).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsFileError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        return load_safetensors(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(
+            f"{path} needs code execution to unpickle and was refused (only tensors, containers and "
+            f"numbers are allowed): {str(e).splitlines()[0]}"
+        ) from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise WeightsFileError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupted?): {e}") from e
+
+
+class CheckpointConverter:
+    """Official checkpoint -> state dict with our keys -> verified safetensors folder.
+
+    Class attributes:
+        wrapper_keys: keys under which training checkpoints nest the weights, tried in order.
+        ema_keys: the same for EMA weights, used when ``use_ema=True``.
+        strip_prefixes: prefixes removed from every key (DataParallel / DDP wrappers).
+    """
+
+    wrapper_keys: tuple[str, ...] = ("state_dict", "model", "net", "module")
+    ema_keys: tuple[str, ...] = ("state_dict_ema", "model_ema", "ema")
+    strip_prefixes: tuple[str, ...] = ("module.",)
+
+    def __init__(self, use_ema: bool = False) -> None:
+        self.use_ema = use_ema
+
+    def unwrap(self, ckpt: Any) -> dict[str, torch.Tensor]:
+        """Pick the weights out of a training checkpoint and strip wrapper prefixes."""
+        if not isinstance(ckpt, Mapping):
+            raise WeightsFileError(f"checkpoint is a {type(ckpt).__name__}, expected a dict of tensors")
+        keys = (*self.ema_keys, *self.wrapper_keys) if self.use_ema else self.wrapper_keys
+        for k in keys:
+            if isinstance(ckpt.get(k), Mapping):
+                ckpt = ckpt[k]
+                break
+        else:
+            if self.use_ema:
+                raise WeightsFileError(f"use_ema=True but the checkpoint has none of {list(self.ema_keys)}")
+        out: dict[str, torch.Tensor] = {}
+        for k, v in ckpt.items():
+            if not isinstance(v, torch.Tensor):
+                continue  # e.g. epoch counters stored beside the weights
+            for p in self.strip_prefixes:
+                if k.startswith(p):
+                    k = k[len(p) :]
+            out[k] = v
+        if not out:
+            raise WeightsFileError("checkpoint holds no tensors")
+        return out
+
+    def map_key(self, key: str) -> str | None:
+        """Official key -> our key; None drops it. Identity by default (our keys equal the official ones)."""
+        return key
+
+    def map_tensor(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
+        """Hook for layout changes (our key, official tensor) -> our tensor."""
+        return tensor
+
+    def convert_state_dict(self, ckpt: Any, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Unwrap, map keys and tensors, and verify the result against ``model``.
+
+        Raises:
+            CheckpointMismatchError: listing every missing, unexpected and mis-shaped key.
+        """
+        out: dict[str, torch.Tensor] = {}
+        for k, v in self.unwrap(ckpt).items():
+            new = self.map_key(k)
+            if new is not None:
+                out[new] = self.map_tensor(new, v)
+        check_state_dict(model, out, context="converted checkpoint")
+        return out
+
+    def convert(
+        self,
+        model_name: str,
+        ckpt_path: str | os.PathLike[str],
+        out_dir: str | os.PathLike[str],
+        **model_kwargs: Any,
+    ) -> Path:
+        """Convert ``ckpt_path`` for timm model ``model_name`` into a safetensors folder ``out_dir``."""
+        ckpt = read_checkpoint(ckpt_path)
+        model = timm.create_model(model_name, pretrained=False, **model_kwargs)
+        state = self.convert_state_dict(ckpt, model)
+        model.load_state_dict(state, strict=False)  # check_state_dict already enforced every key
+        return save_pretrained(model, out_dir, architecture=model_name, model_args=model_kwargs or None)

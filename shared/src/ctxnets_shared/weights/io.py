@@ -1,0 +1,197 @@
+"""safetensors weights in timm's local-dir layout (``model.safetensors`` + ``config.json``).
+
+A folder written by :func:`save_pretrained` is read by :func:`load_pretrained` and by timm itself:
+``timm.create_model("local-dir:DIR", pretrained=True)``. Every file is written to a temporary name in the
+target folder and renamed into place, so an interrupted save never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import safetensors
+import safetensors.torch
+import timm
+import torch
+import torch.nn as nn
+from timm.models import PretrainedCfg
+
+from ctxnets_shared.weights.errors import CheckpointMismatchError, WeightsFileError
+
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "atomic_write",
+    "check_state_dict",
+    "load_pretrained",
+    "load_safetensors",
+    "save_pretrained",
+]
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+_TIMM_CFG_FIELDS = {f.name for f in dataclasses.fields(PretrainedCfg)}
+_SOURCE_FIELDS = {"url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source"}
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _timm_cfg(pretrained_cfg: Any) -> dict[str, Any]:
+    # timm rebuilds PretrainedCfg(**cfg) from config.json, so only its own fields may be written
+    if dataclasses.is_dataclass(pretrained_cfg) and not isinstance(pretrained_cfg, type):
+        pretrained_cfg = dataclasses.asdict(pretrained_cfg)
+    cfg = dict(pretrained_cfg or {})
+    return {
+        k: (list(v) if isinstance(v, tuple) else v)
+        for k, v in cfg.items()
+        if k in _TIMM_CFG_FIELDS and k not in _SOURCE_FIELDS and v is not None
+    }
+
+
+def save_pretrained(
+    model: nn.Module,
+    out_dir: str | os.PathLike[str],
+    *,
+    architecture: str | None = None,
+    model_args: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` into ``out_dir`` (created if needed).
+
+    Args:
+        model: a timm-contract model (its ``pretrained_cfg`` names the architecture).
+        out_dir: destination folder.
+        architecture: registered model name, when the model's ``pretrained_cfg`` lacks one.
+        model_args: constructor kwargs needed to rebuild it (e.g. ``{"attn_layer": "se"}``).
+
+    Returns:
+        The folder written.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise WeightsFileError(f"output path {out} exists and is not a folder")
+    pretrained_cfg = getattr(model, "pretrained_cfg", None) or {}
+    arch = architecture or dict(pretrained_cfg).get("architecture")
+    if not arch:
+        raise ValueError("model has no pretrained_cfg['architecture']; pass architecture=<registered name>")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    config: dict[str, Any] = {
+        "architecture": arch,
+        "num_classes": getattr(model, "num_classes", None),
+        "num_features": getattr(model, "num_features", None),
+        "pretrained_cfg": _timm_cfg(pretrained_cfg),
+    }
+    if model_args:
+        config["model_args"] = dict(model_args)
+    with atomic_write(out / WEIGHTS_NAME) as f:
+        f.write(safetensors.torch.save(state, metadata={"format": "pt", "architecture": arch}))
+    with atomic_write(out / CONFIG_NAME, "w") as f:
+        json.dump(config, f, indent=2)
+    return out
+
+
+def load_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a safetensors file to CPU tensors.
+
+    Raises:
+        WeightsFileError: the file is missing, truncated or not safetensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsFileError(f"weights file not found: {path}")
+    try:
+        return safetensors.torch.load_file(str(path), device="cpu")
+    except (safetensors.SafetensorError, OSError, ValueError) as e:
+        raise WeightsFileError(f"{path} is not a readable safetensors file (truncated or corrupted?): {e}") from e
+
+
+def check_state_dict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], context: str = "checkpoint"
+) -> None:
+    """Raise :class:`CheckpointMismatchError` listing every missing, unexpected and mis-shaped key.
+
+    BatchNorm ``num_batches_tracked`` counters may be missing (older checkpoints lack them); they do not
+    affect the forward pass and keep the model's value.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [
+        (k, tuple(v.shape), tuple(own[k].shape))
+        for k, v in state_dict.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        raise CheckpointMismatchError(missing, unexpected, mismatched, context=context)
+
+
+def load_pretrained(
+    path: str | os.PathLike[str],
+    model: nn.Module | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    **model_kwargs: Any,
+) -> nn.Module:
+    """Load a folder written by :func:`save_pretrained` (or a bare ``.safetensors`` file into ``model``).
+
+    Args:
+        path: the folder, or a ``.safetensors`` file when ``model`` is given.
+        model: a model to load into; None builds the architecture named in ``config.json`` through timm.
+        device: where the returned model lives.
+        **model_kwargs: extra ``timm.create_model`` kwargs when building.
+
+    Returns:
+        The model in eval mode, weights loaded with every key and shape checked.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise WeightsFileError(f"no such weights folder or file: {path}")
+    if path.is_dir():
+        cfg_path = path / CONFIG_NAME
+        if not cfg_path.is_file():
+            raise WeightsFileError(f"{path} has no {CONFIG_NAME}; expected a folder written by save_pretrained")
+        try:
+            config = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise WeightsFileError(f"{cfg_path} is not valid JSON: {e}") from e
+        weights = path / WEIGHTS_NAME
+        if model is None:
+            # importing installed packages registers their architectures with timm
+            from ctxnets_shared.packages import discover_packages
+
+            discover_packages()
+            kwargs = dict(config.get("model_args") or {})
+            if config.get("num_classes") is not None:
+                kwargs["num_classes"] = config["num_classes"]
+            kwargs.update(model_kwargs)
+            model = timm.create_model(config["architecture"], pretrained=False, **kwargs)
+    else:
+        if model is None:
+            raise ValueError(f"{path} is a single file: pass the model to load it into")
+        weights = path
+    state = load_safetensors(weights)
+    check_state_dict(model, state, context=str(weights))
+    model.load_state_dict(state, strict=False)  # strictness already enforced, bar num_batches_tracked
+    return model.to(device).eval()
