@@ -1,11 +1,17 @@
-"""Contextual Transformer Networks (CoTNet).
+"""Contextual Transformer Networks (CoTNet, Li et al., TPAMI 2022) for timm, in pure PyTorch.
 
-Package skeleton: the models and blocks of this paper land with their own issue. Importing it registers
-nothing with timm yet; `ctxnets list` shows it as installed with no models.
+Importing the package registers cotnet50, cotnet101, cotnext50_2x48d, cotnext101_2x48d, se_cotnetd_50,
+se_cotnetd_101 and se_cotnetd_152 with timm.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
+from cot.aggregation import local_aggregate
+from cot.convert import CotConverter
+from cot.cot_layer import ABLATIONS, CotLayer, CoXtLayer
+from cot.cotnet import CotBottleneck, CoTNet
+from cot.se_conv import SeConv2d
+from cot.surgery import replace_conv3x3
 from ctxnets_shared.packages import CtxnetsPackage
 
 try:
@@ -13,6 +19,35 @@ try:
 except PackageNotFoundError:
     __version__ = "0.0.0"
 
-CTXNETS_PACKAGE = CtxnetsPackage(distribution="cotnet", import_name="cot", paper="Contextual Transformer Networks (CoTNet)")
+MODELS = (
+    "cotnet50",
+    "cotnet101",
+    "cotnext50_2x48d",
+    "cotnext101_2x48d",
+    "se_cotnetd_50",
+    "se_cotnetd_101",
+    "se_cotnetd_152",
+)
 
-__all__ = ["CTXNETS_PACKAGE", "__version__"]
+CTXNETS_PACKAGE = CtxnetsPackage(
+    distribution="cotnet",
+    import_name="cot",
+    paper="Contextual Transformer Networks for Visual Recognition (CoTNet, TPAMI 2022)",
+    models=MODELS,
+    converter=CotConverter(),
+)
+
+__all__ = [
+    "ABLATIONS",
+    "CTXNETS_PACKAGE",
+    "MODELS",
+    "CoTNet",
+    "CoXtLayer",
+    "CotBottleneck",
+    "CotConverter",
+    "CotLayer",
+    "SeConv2d",
+    "__version__",
+    "local_aggregate",
+    "replace_conv3x3",
+]

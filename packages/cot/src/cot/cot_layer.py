@@ -1,0 +1,206 @@
+"""The Contextual Transformer (CoT) layer and its CoTNeXt variant (Li et al., TPAMI, Sec. 3.2, Fig. 2).
+
+A CoT layer replaces a 3x3 convolution (C -> C channels, stride 1):
+
+1. static context  ``K1 = ReLU(BN(conv3x3_g4(X)))`` (contextualised keys, Eq. 1);
+2. attention       ``A = GN(conv1x1(ReLU(BN(conv1x1([X, K1])))))``, K*K weights per pixel for each of
+   ``C / share_planes`` maps (Eq. 2; the GroupNorm is the only normalisation, no softmax);
+3. value           ``V = BN(conv1x1(X))``;
+4. dynamic context ``K2 = SiLU(BN(aggregate(V, A)))`` (Eq. 3, local K x K aggregation, strided sharing);
+5. fusion          radix-2 split attention over ``K1 + K2`` chooses per channel between them.
+
+This follows the official implementation, which the released checkpoints were trained with, including
+its attribute names (``key_embed``, ``embed``, ``conv1x1``, ``bn``, ``se``). The ablations of the paper's
+Tables 5 and 6 are constructor options; :data:`ABLATIONS` names them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from cot.aggregation import local_aggregate
+
+__all__ = ["ABLATIONS", "CoXtLayer", "CotLayer"]
+
+_CONTEXTS = ("both", "static", "dynamic")
+_FUSIONS = ("attn", "sum", "concat")
+_ATTN_INPUTS = ("qk", "q", "k")
+
+#: The paper's ablation variants of CoTNet-50 (Tables 5 and 6) as CotLayer kwargs.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "static_only": dict(context="static"),
+    "dynamic_only": dict(context="dynamic"),
+    "linear_fusion": dict(fusion="sum"),
+    "concatenate": dict(fusion="concat"),
+    "key_kernel_1": dict(key_kernel_size=1),
+    "key_kernel_3": dict(),
+    "key_kernel_5": dict(kernel_size=5),
+    "qkv_3x3": dict(qkv_3x3=True),
+    "remove_query": dict(attn_input="k"),
+    "remove_key": dict(attn_input="q"),
+}
+
+
+class CotLayer(nn.Module):
+    """Contextual Transformer layer: (B, C, H, W) -> (B, C, H, W).
+
+    Args:
+        dim: channels C; divisible by ``share_planes * groups`` and by ``key_groups``.
+        kernel_size: local aggregation window K (and the key's kernel unless ``key_kernel_size`` is set).
+        key_kernel_size: kernel of the static-key conv (Table 6 "kernel size": 1 keeps a 3x3 window).
+        key_groups: groups of the static-key conv (4 for CoT, 8 for CoXt).
+        groups: groups of the attention and value 1x1 convs; the aggregation runs per group (CoXt: 2).
+        share_planes: value channels sharing one attention map (there are C / share_planes maps).
+        factor: the attention embedding's reduction, 2C -> C / factor.
+        radix: branches of the fusion (2: dynamic and static context).
+        reduction_factor: fusion bottleneck is ``max(dim * radix // reduction_factor, 32)``.
+        context: "both" (CoT), "static" (K1 only) or "dynamic" (K2 only), Table 5.
+        fusion: "attn" (CoT), "sum" (Linear Fusion) or "concat" (Concatenate + 1x1 conv), Table 5.
+        attn_input: "qk" (CoT), "k" (Remove Query) or "q" (Remove Key), Table 6.
+        qkv_3x3: 3x3 convs for query (groups 4), key and value (groups 2), Table 6 "3x3*".
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        kernel_size: int = 3,
+        *,
+        key_kernel_size: int | None = None,
+        key_groups: int = 4,
+        groups: int = 1,
+        share_planes: int = 8,
+        factor: int = 2,
+        radix: int = 2,
+        reduction_factor: int = 4,
+        context: str = "both",
+        fusion: str = "attn",
+        attn_input: str = "qk",
+        qkv_3x3: bool = False,
+    ) -> None:
+        super().__init__()
+        if context not in _CONTEXTS or fusion not in _FUSIONS or attn_input not in _ATTN_INPUTS:
+            raise ValueError(
+                f"context must be one of {_CONTEXTS}, fusion one of {_FUSIONS}, attn_input one of "
+                f"{_ATTN_INPUTS}; got {context!r}, {fusion!r}, {attn_input!r}"
+            )
+        if dim % (share_planes * groups) or dim % key_groups or kernel_size % 2 == 0:
+            raise ValueError(
+                f"dim={dim} must be divisible by share_planes*groups={share_planes * groups} and "
+                f"key_groups={key_groups}, and kernel_size={kernel_size} must be odd"
+            )
+        self.dim = dim
+        self.kernel_size = kernel_size
+        self.groups = groups
+        self.radix = radix
+        self.context = context
+        self.fusion = fusion
+        self.attn_input = attn_input
+        self.interleave_qk = groups > 1
+        kk = key_kernel_size or kernel_size
+
+        self.key_embed = nn.Sequential(
+            nn.Conv2d(dim, dim, kk, padding=kk // 2, groups=key_groups, bias=False),
+            nn.BatchNorm2d(dim),
+            nn.ReLU(inplace=True),
+        )
+        self.conv_q: nn.Module | None = None
+        self.embed: nn.Module | None = None
+        self.conv1x1: nn.Module | None = None
+        self.bn: nn.Module | None = None
+        self.act: nn.Module | None = None
+        self.se: nn.Module | None = None
+        self.fuse: nn.Module | None = None
+        if context == "static":
+            return
+
+        if qkv_3x3:
+            self.conv_q = nn.Sequential(
+                nn.Conv2d(dim, dim, 3, padding=1, groups=4, bias=False),
+                nn.BatchNorm2d(dim),
+                nn.ReLU(inplace=True),
+            )
+        num_maps = dim // share_planes
+        embed_in = 2 * dim if attn_input == "qk" else dim
+        self.embed = nn.Sequential(
+            nn.Conv2d(embed_in, dim // factor, 1, groups=groups, bias=False),
+            nn.BatchNorm2d(dim // factor),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(dim // factor, kernel_size * kernel_size * num_maps, 1, groups=groups),
+            # per-map normalisation of its K*K taps: channels j*K*K .. (j+1)*K*K-1 are map j
+            nn.GroupNorm(num_maps, kernel_size * kernel_size * num_maps),
+        )
+        if qkv_3x3:
+            value_conv = nn.Conv2d(dim, dim, 3, padding=1, groups=2, bias=False)
+        else:
+            value_conv = nn.Conv2d(dim, dim, 1, groups=groups, bias=False)
+        self.conv1x1 = nn.Sequential(value_conv, nn.BatchNorm2d(dim))
+        self.bn = nn.BatchNorm2d(dim)
+        self.act = nn.SiLU(inplace=True)
+        if context == "dynamic" or fusion == "sum":
+            return
+        if fusion == "concat":
+            self.fuse = nn.Sequential(nn.Conv2d(2 * dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
+            return
+        attn_chs = max(dim * radix // reduction_factor, 32)
+        self.se = nn.Sequential(
+            nn.Conv2d(dim, attn_chs, 1),
+            nn.BatchNorm2d(attn_chs),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(attn_chs, radix * dim, 1),
+        )
+
+    def _attention_input(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        if self.attn_input == "k":
+            return k
+        q = x
+        if self.conv_q is not None:
+            q = self.conv_q(x)
+        if self.attn_input == "q":
+            return q
+        if self.interleave_qk:
+            # CoXt: q0, k0, q1, k1, ... so each attention group sees its own half of query and key
+            B, C, H, W = q.shape
+            return torch.stack([q, k], dim=2).view(B, 2 * C, H, W)
+        return torch.cat([q, k], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W)."""
+        k = self.key_embed(x)
+        embed, conv1x1, bn, act = self.embed, self.conv1x1, self.bn, self.act
+        if embed is None or conv1x1 is None or bn is None or act is None:
+            return k  # Static Context ablation
+        B, C, H, W = x.shape
+        g = self.groups
+        kk = self.kernel_size * self.kernel_size
+        w = embed(self._attention_input(x, k)).view(B * g, -1, kk, H, W)
+        v = conv1x1(x).view(B * g, C // g, H, W)
+        v = act(bn(local_aggregate(v, w, self.kernel_size).view(B, C, H, W)))
+        if self.context == "dynamic":
+            return v
+        if self.fusion == "sum":
+            return v + k
+        if self.fuse is not None:
+            return self.fuse(torch.cat([v, k], dim=1))
+        se = self.se
+        assert se is not None
+        # channel 2c of the fusion logits weighs K2 at channel c, channel 2c + 1 weighs K1
+        a = se((v + k).mean((2, 3), keepdim=True)).view(B, C, self.radix).softmax(dim=2)
+        return v * a[:, :, 0].view(B, C, 1, 1) + k * a[:, :, 1].view(B, C, 1, 1)
+
+
+class CoXtLayer(CotLayer):
+    """CoTNeXt's layer: CoT with a groups-8 key conv, groups-2 attention/value convs and q/k interleaved.
+
+    Args:
+        dim: channels C, divisible by 16.
+        kernel_size: local aggregation window K.
+        **kwargs: any :class:`CotLayer` option (ablations).
+    """
+
+    def __init__(self, dim: int, kernel_size: int = 3, **kwargs: Any) -> None:
+        kwargs.setdefault("key_groups", 8)
+        kwargs.setdefault("groups", 2)
+        super().__init__(dim, kernel_size, **kwargs)
