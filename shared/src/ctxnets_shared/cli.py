@@ -1,0 +1,294 @@
+"""The ``ctxnets`` command: list, info, zoo, bench and convert over whatever ctxnets packages are installed.
+
+User mistakes (unknown model, bad size, missing or mismatched file) print one ``ctxnets: error: ...`` line
+(a checkpoint mismatch adds the list of offending keys) and exit with status 2; a zoo row that misses its
+paper numbers makes ``ctxnets zoo`` exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+
+from ctxnets_shared import __version__
+from ctxnets_shared.layers import UnknownAttnLayerError, list_attn_layers
+from ctxnets_shared.models.cfg import paper_numbers
+from ctxnets_shared.packages import UnknownModelError, discover_packages, find_model
+from ctxnets_shared.profiling import benchmark, count_params
+from ctxnets_shared.weights.errors import CheckpointMismatchError, WeightsFileError
+from ctxnets_shared.weights.io import atomic_write
+
+__all__ = ["main"]
+
+
+class UserError(Exception):
+    """A mistake in the command line; printed as one line."""
+
+
+def _machine() -> str:
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads, {platform.system()}"
+
+
+def _tqdm(items: Any, **kw: Any) -> Any:
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the cli extra is not installed: plain iteration
+        return items
+    return tqdm(items, file=sys.stderr, **kw)
+
+
+def _resolve_model_name(name: str) -> str:
+    discover_packages()
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name}*")[:8]
+        hint = f"; did you mean: {', '.join(close)}" if close else ""
+        raise UserError(f"unknown model {name!r} (not registered with timm or any installed ctxnets package){hint}")
+    return name
+
+
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+# ---- list / info -------------------------------------------------------------------------------
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    pkgs = discover_packages()
+    if not pkgs:
+        print("no ctxnets packages are installed (pip install cotnet gcnet hiri-vit container care-ssl)")
+        return 0
+    for pkg in pkgs.values():
+        from importlib.metadata import version
+
+        print(f"{pkg.distribution} {version(pkg.distribution)} (import {pkg.import_name}): {pkg.paper}")
+        print(f"  models: {', '.join(pkg.models) if pkg.models else '(none yet)'}")
+        if pkg.attn_layers:
+            print(f"  attention layers: {', '.join(pkg.attn_layers)}")
+    if args.attn:
+        print("attention layers (name: source):")
+        for name, src in list_attn_layers().items():
+            print(f"  {name}: {src}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    name = _resolve_model_name(args.model)
+    model = timm.create_model(name, pretrained=False)
+    cfg = dict(model.pretrained_cfg)
+    try:
+        pkg: str | None = find_model(name).distribution
+    except UnknownModelError:
+        pkg = None  # a plain timm model
+    info: dict[str, Any] = {
+        "model": name,
+        "package": pkg or "timm",
+        "params": count_params(model),
+        "num_features": getattr(model, "num_features", None),
+        "feature_info": [
+            {k: v for k, v in fi.items() if k in ("num_chs", "reduction", "module")}
+            for fi in getattr(model, "feature_info", [])
+        ],
+        "paper": paper_numbers(cfg),
+        "pretrained_cfg": {k: v for k, v in cfg.items() if k not in paper_numbers(cfg)},
+    }
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    print(f"{name} ({info['package']}): {info['params']:,} parameters, {info['num_features']} features")
+    for k, v in info["paper"].items():
+        if v is not None:
+            print(f"  {k}: {v}")
+    for k in ("input_size", "crop_pct", "interpolation", "mean", "std", "paper_name", "paper_ids", "origin_url"):
+        if cfg.get(k) is not None:
+            print(f"  {k}: {cfg[k]}")
+    for fi in info["feature_info"]:
+        print(f"  feature {fi.get('module')}: {fi.get('num_chs')} channels, stride {fi.get('reduction')}")
+    return 0
+
+
+# ---- zoo ---------------------------------------------------------------------------------------
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from ctxnets_shared.zoo import render_markdown, run_zoo, write_outputs
+
+    pkgs = discover_packages()
+    models = [m for p in pkgs.values() for m in p.models]
+    if not models:
+        names = ", ".join(pkgs) if pkgs else "none"
+        print(f"no ctxnets models installed yet (installed ctxnets packages: {names}); nothing to measure")
+        return 0
+    for m in args.models or ():
+        if m not in models:
+            raise UserError(f"{m!r} is not an installed ctxnets model; installed: {', '.join(models)}")
+    rows = run_zoo(pkgs, batch_size=args.batch_size, only=args.models, progress=lambda w: _tqdm(w, desc="zoo"))
+    print(render_markdown(rows), end="")
+    failed = [r.model for r in rows if not r.passed]
+    print(f"{len(rows) - len(failed)} passed, {len(failed)} failed" + (f": {', '.join(failed)}" if failed else ""))
+    if args.out:
+        for p in write_outputs(rows, args.out, _machine()):
+            print(f"wrote {p}")
+    return 1 if failed else 0
+
+
+# ---- bench -------------------------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    names = [_resolve_model_name(n) for n in [*args.model, *args.vs]]
+    peer = _resolve_model_name(args.vs[0])
+    modes = ["infer", "train"] if args.mode == "both" else [args.mode]
+    compiles = [False, True] if args.compile == "both" else [args.compile == "on"]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = []
+    for mode in modes:
+        for compiled in compiles:
+            # fresh models per setting: compiled wrappers and optimiser state must not leak across settings
+            models = {n: timm.create_model(n, pretrained=False) for n in dict.fromkeys(names)}
+            label = f"{mode}, {'compiled' if compiled else 'eager'}"
+            print(f"[{label}] batch {args.batch_size} at {args.img_size}px on {args.device} ...", file=sys.stderr)
+            results += benchmark(
+                models,
+                batch_size=args.batch_size,
+                img_size=args.img_size,
+                mode=mode,
+                compile=compiled,
+                channels_last=args.channels_last,
+                warmup=args.warmup,
+                repeats=args.repeats,
+                device=args.device,
+            )
+    lines = [
+        f"machine: {_machine()}; torch {torch.__version__}; batch {args.batch_size}, {args.img_size}px, "
+        f"{'channels_last' if args.channels_last else 'NCHW'}, median of {args.repeats}",
+        "",
+        "| setting | model | img/s | vs " + peer + " | peak MB | vs " + peer + " |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        ref = next(
+            p for p in results if p.name == peer and p.mode == r.mode and p.compiled == r.compiled
+        )
+        setting = f"{r.mode}, {'compiled' if r.compiled else 'eager'}"
+        mem_ratio = r.peak_mem_mb / ref.peak_mem_mb if ref.peak_mem_mb > 0 else float("nan")
+        lines.append(
+            f"| {setting} | {r.name} | {r.img_per_s:.1f} | {r.img_per_s / ref.img_per_s:.2f}x "
+            f"| {r.peak_mem_mb:.0f} | {mem_ratio:.2f}x |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    if args.out:
+        out = Path(args.out)
+        with atomic_write(out / "bench.md", "w") as f:
+            f.write(text)
+        with atomic_write(out / "bench.json", "w") as f:
+            json.dump({"machine": _machine(), "results": [r.as_dict() for r in results]}, f, indent=2)
+        print(f"wrote {out / 'bench.md'} and {out / 'bench.json'}")
+    return 0
+
+
+# ---- convert -----------------------------------------------------------------------------------
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    pkg = find_model(args.model)
+    if pkg.converter is None:
+        raise UserError(f"{pkg.distribution} has no converter for official checkpoints")
+    ckpt = Path(args.checkpoint)
+    if not ckpt.is_file():
+        raise UserError(f"checkpoint not found: {ckpt}")
+    converter = type(pkg.converter)(use_ema=args.ema)
+    out = converter.convert(args.model, ckpt, args.out_dir)
+    print(f"converted {ckpt} -> {out} (load with timm.create_model('local-dir:{out}', pretrained=True))")
+    return 0
+
+
+# ---- entry point -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ctxnets", description="Tools for the installed ctxnets model packages.")
+    p.add_argument("--version", action="version", version=f"ctxnets-shared {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("list", help="installed ctxnets packages and their models")
+    s.add_argument("--attn", action="store_true", help="also list every attention-layer name")
+    s.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("info", help="one model: parameters, features, paper numbers, pretrained_cfg")
+    s.add_argument("model")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("zoo", help="measure every installed model against its paper's numbers")
+    s.add_argument("--out", help="folder for zoo.md, zoo.json and zoo.png")
+    s.add_argument("--batch-size", type=_positive, default=1, help="batch for the CPU throughput column")
+    s.add_argument("--models", nargs="+", help="only these models")
+    s.set_defaults(func=cmd_zoo)
+
+    s = sub.add_parser("bench", help="throughput and peak memory side by side with a peer, in one process")
+    s.add_argument("model", nargs="+", help="model(s) to measure")
+    s.add_argument("--vs", nargs="+", required=True, help="peer model(s); ratios are against the first")
+    s.add_argument("--batch-size", type=_positive, default=8)
+    s.add_argument("--img-size", type=_positive, default=224)
+    s.add_argument("--mode", choices=("infer", "train", "both"), default="both")
+    s.add_argument("--compile", choices=("off", "on", "both"), default="both", help="torch.compile")
+    s.add_argument("--channels-last", action="store_true")
+    s.add_argument("--warmup", type=_positive, default=5)
+    s.add_argument("--repeats", type=_positive, default=10)
+    s.add_argument("--threads", type=_positive, help="torch intra-op threads (default: torch's choice)")
+    s.add_argument("--device", default="cpu", help="cpu or cuda")
+    s.add_argument("--out", help="folder for bench.md and bench.json")
+    s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("convert", help="official checkpoint -> safetensors folder timm can load")
+    s.add_argument("model")
+    s.add_argument("checkpoint", help="official .pth / .pth.tar file")
+    s.add_argument("out_dir")
+    s.add_argument("--ema", action="store_true", help="take the EMA weights of a training checkpoint")
+    s.set_defaults(func=cmd_convert)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the exit status (0 ok, 1 zoo check failed, 2 user error)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CheckpointMismatchError as e:
+        print(f"ctxnets: error: {e}", file=sys.stderr)
+        return 2
+    except (
+        UserError,
+        UnknownModelError,
+        UnknownAttnLayerError,
+        WeightsFileError,
+        FileNotFoundError,
+        NotADirectoryError,
+        ValueError,
+    ) as e:
+        print(f"ctxnets: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ctxnets: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

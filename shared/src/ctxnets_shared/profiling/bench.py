@@ -1,0 +1,233 @@
+"""Throughput and peak memory of a model and its peers, measured interleaved in one process.
+
+Absolute numbers depend on the machine; the ratio between models run side by side is the figure to
+report. Each repeat times every model once in turn (so drift in clock speed or background load hits all of
+them alike), and the median over repeats is kept. Peak memory is the CUDA allocator's peak on GPU; on CPU it
+is the largest growth of the process's resident set during one step, sampled by a background thread.
+For that to track live tensors, glibc is told to serve large blocks with mmap (returned to the system on
+free) and the heap is trimmed before each measured step; this happens after all timing, so it does not
+change the timed allocator behaviour.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+__all__ = ["BenchResult", "benchmark"]
+
+MODES = ("infer", "train")
+
+
+@dataclass
+class BenchResult:
+    """One model's measurement in one setting."""
+
+    name: str
+    mode: str
+    compiled: bool
+    channels_last: bool
+    batch_size: int
+    img_size: int
+    device: str
+    img_per_s: float
+    ms_per_batch: float
+    peak_mem_mb: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if not os.path.exists("/proc/self/statm"):
+        return None
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        libc.mallopt  # noqa: B018 - glibc only
+        libc.malloc_trim  # noqa: B018
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+class _RssPeak:
+    """Samples resident memory every millisecond; ``peak - base`` is the step's working set."""
+
+    def __init__(self, libc: ctypes.CDLL) -> None:
+        self.libc = libc
+        self.base = self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _RssPeak:
+        gc.collect()
+        self.libc.malloc_trim(0)
+        self.base = self.peak = _rss_mb()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_mb())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join()
+        self.peak = max(self.peak, _rss_mb())
+
+
+def _make_step(
+    model: nn.Module, x: torch.Tensor, mode: str, compiled: bool
+) -> Callable[[], None]:
+    fn: Callable[..., Any] = torch.compile(model) if compiled else model
+    if mode == "infer":
+        model.eval()
+
+        def step() -> None:
+            with torch.inference_mode():
+                fn(x)
+
+        return step
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    target = torch.randint(0, 10, (x.shape[0],), device=x.device)
+
+    def train_step() -> None:
+        opt.zero_grad(set_to_none=True)
+        out = fn(x)
+        logits = out if out.dim() == 2 else out.flatten(1)
+        loss = nn.functional.cross_entropy(logits[:, :10], target)
+        loss.backward()
+        opt.step()
+
+    return train_step
+
+
+def _peak_memory_mb(step: Callable[[], None], dev: torch.device) -> float:
+    """Memory one step needs beyond what is already allocated (activations, gradients, workspaces)."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+        step()
+        torch.cuda.synchronize(dev)
+        return (torch.cuda.max_memory_allocated(dev) - base) / 2**20
+    libc = _glibc()
+    if libc is None:
+        return float("nan")  # no /proc or no glibc: the CPU figure is not measurable here
+    libc.mallopt(_M_MMAP_THRESHOLD, 256 * 1024)
+    libc.mallopt(_M_TRIM_THRESHOLD, 256 * 1024)
+    with _RssPeak(libc) as m:
+        step()
+    return m.peak - m.base
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def benchmark(
+    models: Mapping[str, nn.Module],
+    *,
+    batch_size: int = 8,
+    img_size: int = 224,
+    mode: str = "infer",
+    compile: bool = False,
+    channels_last: bool = False,
+    warmup: int = 5,
+    repeats: int = 10,
+    device: str | torch.device = "cpu",
+    progress: Callable[[str], None] | None = None,
+) -> list[BenchResult]:
+    """Time every model on the same random batch, interleaved, and return one result per model.
+
+    Args:
+        models: name -> model (moved to ``device``; put in eval or train mode according to ``mode``).
+        batch_size: images per step.
+        img_size: square input resolution.
+        mode: ``"infer"`` (forward under inference_mode) or ``"train"`` (forward, backward, SGD step).
+        compile: wrap each model in ``torch.compile`` (compile time is spent in warm-up, not timed).
+        channels_last: run in channels-last memory format.
+        warmup: untimed steps per model before timing (CPU training needs a few: oneDNN builds its
+            kernels in the first steps).
+        repeats: timed steps per model; the median is reported.
+        device: ``"cpu"`` or ``"cuda"``.
+        progress: called with a short status line as work proceeds.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if batch_size < 1 or img_size < 1 or repeats < 1 or warmup < 0:
+        raise ValueError("batch_size, img_size and repeats must be >= 1 and warmup >= 0")
+    dev = torch.device(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    steps: dict[str, Callable[[], None]] = {}
+    for name, model in models.items():
+        in_chans = getattr(model, "pretrained_cfg", {}).get("input_size", (3,))[0]
+        x = torch.randn(batch_size, in_chans, img_size, img_size, device=dev).to(memory_format=fmt)
+        model.to(dev).to(memory_format=fmt)  # type: ignore[call-overload]
+        steps[name] = _make_step(model, x, mode, compile)
+
+    for name, step in steps.items():
+        if progress:
+            progress(f"warm-up {name}")
+        for _ in range(warmup):
+            step()
+        _sync(dev)
+
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for r in range(repeats):
+        if progress:
+            progress(f"repeat {r + 1}/{repeats}")
+        for name, step in steps.items():
+            _sync(dev)
+            t0 = time.perf_counter()
+            step()
+            _sync(dev)
+            times[name].append(time.perf_counter() - t0)
+
+    peaks = {name: _peak_memory_mb(step, dev) for name, step in steps.items()}
+
+    results = []
+    for name in steps:
+        med = statistics.median(times[name])
+        results.append(
+            BenchResult(
+                name=name,
+                mode=mode,
+                compiled=compile,
+                channels_last=channels_last,
+                batch_size=batch_size,
+                img_size=img_size,
+                device=str(dev),
+                img_per_s=batch_size / med,
+                ms_per_batch=med * 1e3,
+                peak_mem_mb=peaks[name],
+            )
+        )
+    return results

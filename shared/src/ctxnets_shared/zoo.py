@@ -1,0 +1,156 @@
+"""The model zoo report: every installed ctxnets model measured beside its paper's numbers.
+
+For each model registered by an installed ctxnets package: parameters (checked against the paper's count
+within the cfg's ``params_rtol``, exact by default), GMACs at the paper's resolution (within
+``gflops_rtol``), and CPU throughput at a small batch. Writes markdown, JSON and a GFLOPs-vs-top-1 chart.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+
+from ctxnets_shared.models.cfg import paper_numbers
+from ctxnets_shared.packages import CtxnetsPackage
+from ctxnets_shared.profiling import benchmark, count_gflops, count_params
+from ctxnets_shared.weights.io import atomic_write
+
+__all__ = ["ZooRow", "measure_model", "render_markdown", "run_zoo", "write_outputs"]
+
+
+@dataclass
+class ZooRow:
+    """One model's line in the zoo table."""
+
+    model: str
+    package: str
+    img_size: int
+    params: int
+    paper_params: int | None
+    params_ok: bool
+    gflops: float
+    paper_gflops: float | None
+    gflops_ok: bool
+    paper_top1: float | None
+    img_per_s: float
+    batch_size: int
+
+    @property
+    def passed(self) -> bool:
+        return self.params_ok and self.gflops_ok
+
+
+def _within(measured: float, target: float | None, rtol: float) -> bool:
+    if target is None:
+        return False  # a model without paper numbers cannot pass a comparison against them
+    return math.isclose(measured, target, rel_tol=rtol, abs_tol=0.0) if rtol else measured == target
+
+
+def measure_model(name: str, package: str, batch_size: int = 1, repeats: int = 3) -> ZooRow:
+    """Build ``name`` through timm and measure it (CPU, float32)."""
+    model = timm.create_model(name, pretrained=False)
+    paper = paper_numbers(model.pretrained_cfg)
+    size = paper["paper_img_size"] or model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+    in_chans = model.pretrained_cfg.get("input_size", (3,))[0]
+    params = count_params(model)
+    gflops = count_gflops(model, (in_chans, size, size))
+    (bench,) = benchmark({name: model}, batch_size=batch_size, img_size=size, warmup=1, repeats=repeats)
+    return ZooRow(
+        model=name,
+        package=package,
+        img_size=size,
+        params=params,
+        paper_params=paper["paper_params"],
+        params_ok=_within(params, paper["paper_params"], paper["params_rtol"] or 0.0),
+        gflops=round(gflops, 3),
+        paper_gflops=paper["paper_gflops"],
+        gflops_ok=_within(gflops, paper["paper_gflops"], paper["gflops_rtol"] or 0.05),
+        paper_top1=paper["paper_top1"],
+        img_per_s=round(bench.img_per_s, 2),
+        batch_size=batch_size,
+    )
+
+
+def run_zoo(
+    packages: dict[str, CtxnetsPackage],
+    batch_size: int = 1,
+    only: Sequence[str] | None = None,
+    progress: Callable[[Any], Any] | None = None,
+) -> list[ZooRow]:
+    """Measure every model of every package (or just ``only``), in package then registration order."""
+    work = [(m, p.distribution) for p in packages.values() for m in p.models if not only or m in only]
+    it = progress(work) if progress else work
+    return [measure_model(m, pkg, batch_size=batch_size) for m, pkg in it]
+
+
+def _fmt_opt(v: float | int | None, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def render_markdown(rows: Sequence[ZooRow]) -> str:
+    """The zoo as a markdown table (also what the console shows)."""
+    head = (
+        "| model | package | res | params | paper params | GFLOPs | paper GFLOPs | paper top-1 "
+        "| CPU img/s (bs) | check |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    body = "".join(
+        f"| {r.model} | {r.package} | {r.img_size} | {r.params:,} | {_fmt_opt(r.paper_params, ',')} "
+        f"| {r.gflops:.2f} | {_fmt_opt(r.paper_gflops, '.1f')} | {_fmt_opt(r.paper_top1, '.1f')} "
+        f"| {r.img_per_s:.1f} ({r.batch_size}) | {'pass' if r.passed else 'FAIL'} |\n"
+        for r in rows
+    )
+    return head + body
+
+
+def write_outputs(rows: Sequence[ZooRow], out_dir: str | os.PathLike[str], machine: str) -> list[Path]:
+    """Write ``zoo.md``, ``zoo.json`` and ``zoo.png`` (GFLOPs vs paper top-1) into ``out_dir``."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} exists and is not a folder")
+    meta = {"machine": machine, "torch": torch.__version__, "timm": timm.__version__}
+    written = []
+    with atomic_write(out / "zoo.md", "w") as f:
+        f.write(f"# ctxnets zoo\n\nMeasured on {machine} (torch {torch.__version__}, timm {timm.__version__}).\n\n")
+        f.write(render_markdown(rows))
+    written.append(out / "zoo.md")
+    with atomic_write(out / "zoo.json", "w") as f:
+        json.dump({"meta": meta, "rows": [asdict(r) | {"passed": r.passed} for r in rows]}, f, indent=2)
+    written.append(out / "zoo.json")
+    written.append(_plot(rows, out / "zoo.png"))
+    return written
+
+
+def _plot(rows: Sequence[ZooRow], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+    by_pkg: dict[str, list[ZooRow]] = {}
+    for r in rows:
+        if r.paper_top1 is not None:
+            by_pkg.setdefault(r.package, []).append(r)
+    for pkg, rs in by_pkg.items():
+        ax.scatter([r.gflops for r in rs], [r.paper_top1 for r in rs], label=pkg, s=30)
+        for r in rs:
+            ax.annotate(r.model, (r.gflops, r.paper_top1), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("GFLOPs (multiply-accumulates, measured)")
+    ax.set_ylabel("ImageNet top-1 (%) reported by the paper")
+    ax.set_title("ctxnets zoo")
+    ax.grid(alpha=0.3)
+    if by_pkg:
+        ax.legend(fontsize=8)
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -1,0 +1,79 @@
+"""ConvNormAct, MultiHeadSelfAttention2d against a hand-written attention, feature indices, input checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from ctxnets_shared.layers import ConvNormAct, MultiHeadSelfAttention2d
+from ctxnets_shared.models import check_image_input, feature_take_indices
+
+
+def test_conv_norm_act_keys_and_shape() -> None:
+    m = ConvNormAct(8, 16, 3, stride=2, groups=4)
+    assert [k for k, _ in m.named_children()] == ["0", "1", "2"]
+    assert isinstance(m[1], nn.BatchNorm2d) and isinstance(m[2], nn.ReLU)
+    assert m(torch.randn(2, 8, 9, 9)).shape == (2, 16, 5, 5)
+    assert len(ConvNormAct(8, 8, norm_layer=None, act_layer=None)) == 1
+    with pytest.raises(ValueError, match="groups=3 must divide"):
+        ConvNormAct(8, 16, groups=3)
+
+
+def _reference_attention(m: MultiHeadSelfAttention2d, x: torch.Tensor) -> torch.Tensor:
+    B, C, H, W = x.shape
+    h, d = m.num_heads, C // m.num_heads
+    q = m.q(x).reshape(B, h, d, H * W)
+    k, v = m.kv(x).reshape(B, 2, h, d, H * W).unbind(1)
+    attn = torch.softmax(torch.einsum("bhdn,bhdm->bhnm", q, k) / math.sqrt(d), dim=-1)
+    out = torch.einsum("bhnm,bhdm->bhdn", attn, v).reshape(B, C, H, W)
+    return m.proj(out)
+
+
+def test_mhsa_matches_reference() -> None:
+    torch.manual_seed(0)
+    m = MultiHeadSelfAttention2d(32, num_heads=4, qkv_bias=True).eval()
+    x = torch.randn(2, 32, 5, 7)
+    torch.testing.assert_close(m(x), _reference_attention(m, x), rtol=1e-5, atol=1e-5)
+
+
+def test_mhsa_spatial_reduction_and_errors() -> None:
+    m = MultiHeadSelfAttention2d(32, num_heads=2, sr_ratio=2)
+    assert m(torch.randn(1, 32, 8, 8)).shape == (1, 32, 8, 8)
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        MultiHeadSelfAttention2d(30, num_heads=4)
+
+
+def test_mhsa_scripts() -> None:
+    m = MultiHeadSelfAttention2d(16, num_heads=2).eval()
+    x = torch.randn(1, 16, 4, 4)
+    torch.testing.assert_close(torch.jit.script(m)(x), m(x))
+
+
+@pytest.mark.parametrize(
+    ("indices", "expected"),
+    [(None, ([0, 1, 2, 3], 3)), (2, ([2, 3], 3)), ([0, -1], ([0, 3], 3)), ((1,), ([1], 1))],
+)
+def test_feature_take_indices(indices: object, expected: tuple[list[int], int]) -> None:
+    assert feature_take_indices(4, indices) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("indices", [0, 5, [4], [-5]])
+def test_feature_take_indices_out_of_range(indices: object) -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        feature_take_indices(4, indices)  # type: ignore[arg-type]
+
+
+def test_check_image_input() -> None:
+    check_image_input(torch.zeros(1, 3, 32, 32), 3, 32)
+    with pytest.raises(ValueError, match="expected 3 input channels.*got 1"):
+        check_image_input(torch.zeros(1, 1, 32, 32), 3, 32)
+    with pytest.raises(ValueError, match="16x40 is smaller than the network stride.*at least 32"):
+        check_image_input(torch.zeros(1, 3, 16, 40), 3, 32)
+    with pytest.raises(ValueError, match="4-D"):
+        check_image_input(torch.zeros(3, 32, 32), 3, 32)
+    scripted = torch.jit.script(check_image_input)
+    with pytest.raises(Exception, match="smaller than the network stride"):
+        scripted(torch.zeros(1, 3, 8, 8), 3, 32)

@@ -1,0 +1,56 @@
+"""FLOP counting on a network with published MACs, and the side-by-side benchmark harness."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import timm
+
+from ctxnets_shared.profiling import benchmark, count_gflops, count_params
+
+
+def test_resnet50_params_and_macs() -> None:
+    m = timm.create_model("resnet50")
+    assert count_params(m) == 25_557_032  # He et al. ResNet-50, torchvision/timm count
+    # ResNet-50 is quoted at 4.1 GMACs ("GFLOPs") at 224 (timm's model table, the CoTNet/GCNet papers)
+    assert count_gflops(m, (3, 224, 224)) == pytest.approx(4.1, rel=0.01)
+
+
+def test_gflops_scales_with_resolution_and_rejects_bad_sizes() -> None:
+    m = timm.create_model("resnet18")
+    assert count_gflops(m, (3, 224, 224)) == pytest.approx(1.82, rel=0.01)  # ResNet-18: 1.8 GMACs
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+        count_gflops(m, (224, 224))
+
+
+def test_trainable_only() -> None:
+    m = timm.create_model("resnet18")
+    for p in m.fc.parameters():
+        p.requires_grad_(False)
+    assert count_params(m) - count_params(m, trainable_only=True) == 512 * 1000 + 1000
+
+
+@pytest.mark.parametrize("mode", ["infer", "train"])
+def test_benchmark_two_models(mode: str) -> None:
+    models = {"resnet18": timm.create_model("resnet18"), "resnet50": timm.create_model("resnet50")}
+    res = benchmark(models, batch_size=2, img_size=64, mode=mode, warmup=2, repeats=3)
+    assert [r.name for r in res] == ["resnet18", "resnet50"]
+    by = {r.name: r for r in res}
+    for r in res:
+        assert r.mode == mode and r.batch_size == 2 and r.img_size == 64
+        assert r.img_per_s > 0 and math.isclose(r.img_per_s, 2e3 / r.ms_per_batch)
+        assert r.peak_mem_mb >= 0
+    # ResNet-18 does under half of ResNet-50's work; the harness must attribute times to the right model
+    assert by["resnet18"].img_per_s > by["resnet50"].img_per_s
+    if mode == "train":
+        # a training step keeps every activation for backward: ResNet-50 needs more than ResNet-18
+        assert by["resnet50"].peak_mem_mb > by["resnet18"].peak_mem_mb
+
+
+def test_benchmark_rejects_bad_settings() -> None:
+    m = {"r": timm.create_model("resnet18")}
+    with pytest.raises(ValueError, match="mode must be one of"):
+        benchmark(m, mode="fast")
+    with pytest.raises(ValueError, match="at least|>= 1"):
+        benchmark(m, batch_size=0)
