@@ -1,0 +1,124 @@
+"""ctxnets sessions (nox with the uv backend). A bare ``nox`` runs every session except ``bench``.
+
+Each session builds its own virtualenv from the committed ``uv.lock`` (``uv sync --locked``), so nothing
+the machine happens to have installed leaks in: ``tests(package=...)`` gets only that package, ctxnets-shared
+and its test group, so an undeclared import fails there.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "uv"
+nox.options.reuse_existing_virtualenvs = False
+nox.options.error_on_missing_interpreters = True
+
+ROOT = Path(__file__).parent
+# folder -> (distribution, import name, a model its wheel smoke test builds through timm, or None)
+PACKAGES: dict[str, tuple[str, str, str | None]] = {
+    "shared": ("ctxnets-shared", "ctxnets_shared", None),
+    "cot": ("cotnet", "cot", "cotnet50"),
+    "gcnet": ("gcnet", "gcnet", None),
+    "care-ssl": ("care-ssl", "care_ssl", None),
+    "hiri-vit": ("hiri-vit", "hiri_vit", None),
+    "container": ("container", "container", None),
+}
+SRC_DIRS = ["shared/src", *(f"packages/{p}/src" for p in PACKAGES if p != "shared")]
+
+
+def _folder(package: str) -> str:
+    return "shared" if package == "shared" else f"packages/{package}"
+
+
+def _sync(session: nox.Session, *args: str) -> None:
+    """Install from uv.lock into this session's virtualenv (not the workspace's .venv)."""
+    session.run_install(
+        "uv",
+        "sync",
+        "--locked",
+        "--no-default-groups",
+        *args,
+        env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
+        external=True,
+    )
+
+
+@nox.session
+@nox.parametrize("package", list(PACKAGES))
+def tests(session: nox.Session, package: str) -> None:
+    """One package's tests, in a venv holding only that package, ctxnets-shared and its test group."""
+    dist = PACKAGES[package][0]
+    _sync(session, "--package", dist, "--group", "test")
+    # pytest exits 5 when it collects nothing: a package that should have tests then fails this session
+    session.run("pytest", "-c", "pyproject.toml", f"{_folder(package)}/tests", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session
+def integration(session: nox.Session) -> None:
+    """Cross-package composition tests with the whole workspace installed."""
+    _sync(session, "--all-packages", "--group", "integration")
+    session.run("pytest", "-c", "pyproject.toml", "tests-integration", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    _sync(session, "--only-group", "lint")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy over every package's sources."""
+    _sync(session, "--all-packages", "--group", "lint")
+    session.run("mypy", *SRC_DIRS)
+
+
+@nox.session
+def wheels(session: nox.Session) -> None:
+    """Each package's wheel (built with --no-sources) installs with pip alone in a fresh venv and works.
+
+    torch (several GB) is put into each fresh venv from uv's cache first to keep the session fast; pip then
+    resolves everything else the wheel declares (timm, einops, safetensors, ctxnets-shared from its wheel)
+    as a user's ``pip install`` would.
+    """
+    _sync(session, "--only-group", "lint")  # gives the session venv a python; the work happens in fresh venvs
+    work = Path(tempfile.mkdtemp(prefix="ctxnets-wheels-"))
+    dist = work / "dist"
+    for package, (name, _, _) in PACKAGES.items():
+        session.run("uv", "build", "--package", name, "--no-sources", "--wheel", "--out-dir", str(dist), external=True)
+    shared_whl = next(dist.glob("ctxnets_shared-*.whl"))
+    for package, (name, module, model) in PACKAGES.items():
+        venv = work / f"venv-{package}"
+        session.run(sys.executable, "-m", "venv", str(venv), external=True)
+        py = str(venv / "bin" / "python")
+        session.run("uv", "pip", "install", "--python", py, "torch", external=True)
+        wheel = next(dist.glob(f"{name.replace('-', '_')}-*.whl"))
+        wheels_to_install = [str(shared_whl)] if package == "shared" else [str(shared_whl), str(wheel)]
+        session.run(py, "-m", "pip", "install", "--quiet", *wheels_to_install, external=True)
+        check = f"import {module}, timm; from ctxnets_shared import discover_packages; discover_packages()"
+        if model:
+            check += f"; m = timm.create_model({model!r}); print({model!r}, sum(p.numel() for p in m.parameters()))"
+        session.run(py, "-c", check, external=True)
+        session.run(str(venv / "bin" / "ctxnets"), "list", external=True)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The mkdocs-material site with API reference, built with --strict."""
+    _sync(session, "--all-packages", "--group", "docs")
+    session.run("mkdocs", "build", "--strict", "--site-dir", os.environ.get("DOCS_SITE_DIR", "site"))
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Speed and memory side by side (not run by a bare ``nox``): CoTNet-50 and SE-CoTNetD-50 vs ResNet-50."""
+    _sync(session, "--all-packages", "--extra", "cli")
+    args = session.posargs or ["--out", "bench-out"]
+    session.run("ctxnets", "bench", "cotnet50", "se_cotnetd_50", "--vs", "resnet50", *args)

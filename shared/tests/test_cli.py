@@ -1,0 +1,141 @@
+"""The ctxnets command: user mistakes give one clear line and a non-zero status; zoo measures and writes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.resnet import BasicBlock, ResNet
+
+from ctxnets_shared import packages
+from ctxnets_shared.cli import main
+from ctxnets_shared.models import paper_cfg
+from ctxnets_shared.packages import CtxnetsPackage
+from ctxnets_shared.zoo import run_zoo, write_outputs
+
+# Published numbers of He et al.'s ResNet-18 (11,689,512 parameters, 1.8 GMACs at 224) stand in for a
+# paper's table (timm reads the module-level `default_cfgs`); the "wrong" twin claims numbers the architecture cannot have, so its row must fail.
+default_cfgs = generate_default_cfgs(
+    {
+        "zootest_resnet18": paper_cfg(
+            paper_params=11_689_512, paper_gflops=1.8, paper_top1=69.8, paper_name="ResNet",
+            paper_ids="arXiv:1512.03385", origin_url="https://github.com/KaimingHe/deep-residual-networks",
+            first_conv="conv1", classifier="fc",
+        ),
+        "zootest_wrong": paper_cfg(
+            paper_params=11_000_000, paper_gflops=3.0, paper_top1=70.0, paper_name="none",
+            paper_ids="none", origin_url="none", first_conv="conv1", classifier="fc",
+        ),
+    }
+)  # fmt: skip
+
+
+def _resnet18(variant: str, **kwargs: object) -> ResNet:
+    return build_model_with_cfg(ResNet, variant, False, block=BasicBlock, layers=(2, 2, 2, 2), **kwargs)
+
+
+@register_model
+def zootest_resnet18(pretrained: bool = False, **kwargs: object) -> ResNet:
+    return _resnet18("zootest_resnet18", **kwargs)
+
+
+@register_model
+def zootest_wrong(pretrained: bool = False, **kwargs: object) -> ResNet:
+    return _resnet18("zootest_wrong", **kwargs)
+
+
+@pytest.fixture
+def zoo_package(monkeypatch: pytest.MonkeyPatch) -> CtxnetsPackage:
+    pkg = CtxnetsPackage(
+        distribution="zootest", import_name="tests", paper="ResNet", models=("zootest_resnet18", "zootest_wrong")
+    )
+    monkeypatch.setattr(packages, "_CACHE", {"zootest": pkg})
+    return pkg
+
+
+def test_paper_numbers_reach_pretrained_cfg() -> None:
+    m = timm.create_model("zootest_resnet18")
+    assert m.pretrained_cfg["paper_params"] == 11_689_512
+    assert m.pretrained_cfg["paper_gflops"] == 1.8
+    assert m.pretrained_cfg["paper_name"] == "ResNet"
+
+
+def test_zoo_rows_pass_and_fail(zoo_package: CtxnetsPackage, tmp_path: Path) -> None:
+    rows = run_zoo({"zootest": zoo_package})
+    good, bad = rows
+    assert (good.params, good.params_ok, good.gflops_ok, good.passed) == (11_689_512, True, True, True)
+    assert good.img_per_s > 0 and good.img_size == 224
+    assert (bad.params_ok, bad.gflops_ok, bad.passed) == (False, False, False)
+    written = write_outputs(rows, tmp_path / "zoo", "test machine")
+    assert [p.name for p in written] == ["zoo.md", "zoo.json", "zoo.png"]
+    data = json.loads((tmp_path / "zoo" / "zoo.json").read_text())
+    assert [r["passed"] for r in data["rows"]] == [True, False]
+    assert "| zootest_resnet18 | zootest | 224 | 11,689,512 | 11,689,512 |" in (tmp_path / "zoo" / "zoo.md").read_text()
+    assert (tmp_path / "zoo" / "zoo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_zoo_command_exit_status(zoo_package: CtxnetsPackage, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["zoo", "--models", "zootest_resnet18"]) == 0
+    assert "1 passed, 0 failed" in capsys.readouterr().out
+    assert main(["zoo", "--models", "zootest_wrong"]) == 1
+    assert main(["zoo", "--models", "resnet50"]) == 2
+    assert "not an installed ctxnets model" in capsys.readouterr().err
+
+
+def test_zoo_with_no_models_says_so(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(packages, "_CACHE", {})
+    assert main(["zoo"]) == 0
+    assert "no ctxnets models installed yet" in capsys.readouterr().out
+    assert main(["list"]) == 0
+    assert "no ctxnets packages are installed" in capsys.readouterr().out
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0]
+    return err[0]
+
+
+def test_user_mistakes(zoo_package: CtxnetsPackage, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "no_such_model"]) == 2
+    assert "unknown model 'no_such_model'" in _one_error_line(capsys)
+    assert main(["convert", "resnet50", "x.pth", str(tmp_path)]) == 2
+    assert "installed ctxnets models: zootest_resnet18" in _one_error_line(capsys)
+    assert main(["bench", "resnet18", "--vs", "nosuch_peer"]) == 2
+    assert "unknown model 'nosuch_peer'" in _one_error_line(capsys)
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "resnet18", "--vs", "resnet34", "--img-size", "0"])
+    assert e.value.code == 2
+    assert "must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_info(zoo_package: CtxnetsPackage, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "zootest_resnet18", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["package"] == "zootest" and info["params"] == 11_689_512
+    assert info["paper"]["paper_gflops"] == 1.8
+    assert [f["reduction"] for f in info["feature_info"]] == [2, 4, 8, 16, 32]
+
+
+def test_bench_command_writes_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "resnet18", "--vs", "resnet34", "--batch-size", "2", "--img-size", "64", "--compile", "off"]
+    assert main([*argv, "--mode", "infer", "--repeats", "2", "--warmup", "1", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| infer, eager | resnet34 |" in out and "1.00x" in out
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["name"] for r in data["results"]] == ["resnet18", "resnet34"]
+
+
+def test_console_script_installed() -> None:
+    exe = shutil.which("ctxnets")
+    assert exe is not None, "the ctxnets console script is not on PATH"
+    res = subprocess.run([exe, "info", "nosuch"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.strip().startswith("ctxnets: error: unknown model 'nosuch'")
+    assert torch.__version__  # the script ran in the same environment as the tests
