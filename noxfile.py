@@ -55,14 +55,24 @@ def tests(session: nox.Session, package: str) -> None:
     dist = PACKAGES[package][0]
     _sync(session, "--package", dist, "--group", "test")
     # pytest exits 5 when it collects nothing: a package that should have tests then fails this session
-    session.run("pytest", "-c", "pyproject.toml", f"{_folder(package)}/tests", "-p", "no:cacheprovider", *session.posargs)
+    session.run(
+        "pytest",
+        "-c",
+        "pyproject.toml",
+        f"{_folder(package)}/tests",
+        "-p",
+        "no:cacheprovider",
+        *session.posargs,
+    )
 
 
 @nox.session
 def integration(session: nox.Session) -> None:
     """Cross-package composition tests with the whole workspace installed."""
     _sync(session, "--all-packages", "--group", "integration")
-    session.run("pytest", "-c", "pyproject.toml", "tests-integration", "-p", "no:cacheprovider", *session.posargs)
+    session.run(
+        "pytest", "-c", "pyproject.toml", "tests-integration", "-p", "no:cacheprovider", *session.posargs
+    )
 
 
 @nox.session
@@ -91,8 +101,10 @@ def wheels(session: nox.Session) -> None:
     _sync(session, "--only-group", "lint")  # gives the session venv a python; the work happens in fresh venvs
     work = Path(tempfile.mkdtemp(prefix="ctxnets-wheels-"))
     dist = work / "dist"
-    for package, (name, _, _) in PACKAGES.items():
-        session.run("uv", "build", "--package", name, "--no-sources", "--wheel", "--out-dir", str(dist), external=True)
+    for name, _, _ in PACKAGES.values():
+        session.run(
+            "uv", "build", "--package", name, "--no-sources", "--wheel", "--out-dir", str(dist), external=True
+        )
     shared_whl = next(dist.glob("ctxnets_shared-*.whl"))
     for package, (name, module, model) in PACKAGES.items():
         venv = work / f"venv-{package}"
@@ -104,7 +116,8 @@ def wheels(session: nox.Session) -> None:
         session.run(py, "-m", "pip", "install", "--quiet", *wheels_to_install, external=True)
         check = f"import {module}, timm; from ctxnets_shared import discover_packages; discover_packages()"
         if model:
-            check += f"; m = timm.create_model({model!r}); print({model!r}, sum(p.numel() for p in m.parameters()))"
+            check += f"; m = timm.create_model({model!r})"
+            check += f"; print({model!r}, sum(p.numel() for p in m.parameters()))"
         session.run(py, "-c", check, external=True)
         session.run(str(venv / "bin" / "ctxnets"), "list", external=True)
 

@@ -14,11 +14,12 @@ from ctxnets_shared import packages
 
 @pytest.fixture
 def fake_plugin(tmp_path: Path) -> Iterator[str]:
-    """Install (on sys.path) a distribution ``ctxnets-fakeplug`` whose entry point registers attn "fakeattn"."""
+    """Put on sys.path a distribution ``ctxnets-fakeplug`` whose entry point registers "fakeattn"."""
     mod = tmp_path / "fakeplug.py"
     mod.write_text(
         textwrap.dedent(
             """
+            import torch
             import torch.nn as nn
             from ctxnets_shared.layers import register_attn_layer
             from ctxnets_shared.packages import CtxnetsPackage
@@ -26,14 +27,17 @@ def fake_plugin(tmp_path: Path) -> Iterator[str]:
             class FakeAttn(nn.Module):
                 def __init__(self, channels):
                     super().__init__()
-                    self.scale = nn.Parameter(nn.init.ones_(nn.Parameter(__import__("torch").empty(channels))))
+                    self.scale = nn.Parameter(torch.ones(channels))
 
                 def forward(self, x):
                     return x * self.scale.view(1, -1, 1, 1)
 
             register_attn_layer("fakeattn", FakeAttn, source="ctxnets-fakeplug")
             CTXNETS_PACKAGE = CtxnetsPackage(
-                distribution="ctxnets-fakeplug", import_name="fakeplug", paper="none", attn_layers=("fakeattn",)
+                distribution="ctxnets-fakeplug",
+                import_name="fakeplug",
+                paper="none",
+                attn_layers=("fakeattn",),
             )
             """
         )

@@ -10,12 +10,12 @@ from timm.layers.cbam import CbamModule
 
 from ctxnets_shared.layers import (
     UnknownAttnLayerError,
+    attn_registry,
     create_attn_layer,
     list_attn_layers,
     register_attn_layer,
     resolve_attn_layer,
 )
-from ctxnets_shared.layers import attn_registry
 
 
 @pytest.mark.parametrize(("name", "cls"), [("se", SEModule), ("eca", EcaModule), ("cbam", CbamModule)])

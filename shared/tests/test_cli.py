@@ -20,7 +20,8 @@ from ctxnets_shared.packages import CtxnetsPackage
 from ctxnets_shared.zoo import run_zoo, write_outputs
 
 # Published numbers of He et al.'s ResNet-18 (11,689,512 parameters, 1.8 GMACs at 224) stand in for a
-# paper's table (timm reads the module-level `default_cfgs`); the "wrong" twin claims numbers the architecture cannot have, so its row must fail.
+# paper's table (timm reads the module-level `default_cfgs`); the "wrong" twin claims numbers the
+# architecture cannot have, so its row must fail.
 default_cfgs = generate_default_cfgs(
     {
         "zootest_resnet18": paper_cfg(
@@ -53,7 +54,10 @@ def zootest_wrong(pretrained: bool = False, **kwargs: object) -> ResNet:
 @pytest.fixture
 def zoo_package(monkeypatch: pytest.MonkeyPatch) -> CtxnetsPackage:
     pkg = CtxnetsPackage(
-        distribution="zootest", import_name="tests", paper="ResNet", models=("zootest_resnet18", "zootest_wrong")
+        distribution="zootest",
+        import_name="tests",
+        paper="ResNet",
+        models=("zootest_resnet18", "zootest_wrong"),
     )
     monkeypatch.setattr(packages, "_CACHE", {"zootest": pkg})
     return pkg
@@ -76,7 +80,10 @@ def test_zoo_rows_pass_and_fail(zoo_package: CtxnetsPackage, tmp_path: Path) -> 
     assert [p.name for p in written] == ["zoo.md", "zoo.json", "zoo.png"]
     data = json.loads((tmp_path / "zoo" / "zoo.json").read_text())
     assert [r["passed"] for r in data["rows"]] == [True, False]
-    assert "| zootest_resnet18 | zootest | 224 | 11,689,512 | 11,689,512 |" in (tmp_path / "zoo" / "zoo.md").read_text()
+    assert (
+        "| zootest_resnet18 | zootest | 224 | 11,689,512 | 11,689,512 |"
+        in (tmp_path / "zoo" / "zoo.md").read_text()
+    )
     assert (tmp_path / "zoo" / "zoo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -88,7 +95,9 @@ def test_zoo_command_exit_status(zoo_package: CtxnetsPackage, capsys: pytest.Cap
     assert "not an installed ctxnets model" in capsys.readouterr().err
 
 
-def test_zoo_with_no_models_says_so(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_zoo_with_no_models_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr(packages, "_CACHE", {})
     assert main(["zoo"]) == 0
     assert "no ctxnets models installed yet" in capsys.readouterr().out
@@ -102,7 +111,9 @@ def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
     return err[0]
 
 
-def test_user_mistakes(zoo_package: CtxnetsPackage, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_user_mistakes(
+    zoo_package: CtxnetsPackage, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["info", "no_such_model"]) == 2
     assert "unknown model 'no_such_model'" in _one_error_line(capsys)
     assert main(["convert", "resnet50", "x.pth", str(tmp_path)]) == 2
@@ -124,7 +135,18 @@ def test_info(zoo_package: CtxnetsPackage, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_bench_command_writes_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["bench", "resnet18", "--vs", "resnet34", "--batch-size", "2", "--img-size", "64", "--compile", "off"]
+    argv = [
+        "bench",
+        "resnet18",
+        "--vs",
+        "resnet34",
+        "--batch-size",
+        "2",
+        "--img-size",
+        "64",
+        "--compile",
+        "off",
+    ]
     assert main([*argv, "--mode", "infer", "--repeats", "2", "--warmup", "1", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "| infer, eager | resnet34 |" in out and "1.00x" in out

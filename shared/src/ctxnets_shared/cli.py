@@ -50,7 +50,9 @@ def _resolve_model_name(name: str) -> str:
     if not timm.is_model(name):
         close = timm.list_models(f"*{name}*")[:8]
         hint = f"; did you mean: {', '.join(close)}" if close else ""
-        raise UserError(f"unknown model {name!r} (not registered with timm or any installed ctxnets package){hint}")
+        raise UserError(
+            f"unknown model {name!r} (not registered with timm or any installed ctxnets package){hint}"
+        )
     return name
 
 
@@ -89,7 +91,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     name = _resolve_model_name(args.model)
     model = timm.create_model(name, pretrained=False)
-    cfg = dict(model.pretrained_cfg)
+    cfg: dict[str, Any] = dict(getattr(model, "pretrained_cfg", None) or {})
     try:
         pkg: str | None = find_model(name).distribution
     except UnknownModelError:
@@ -113,7 +115,16 @@ def cmd_info(args: argparse.Namespace) -> int:
     for k, v in info["paper"].items():
         if v is not None:
             print(f"  {k}: {v}")
-    for k in ("input_size", "crop_pct", "interpolation", "mean", "std", "paper_name", "paper_ids", "origin_url"):
+    for k in (
+        "input_size",
+        "crop_pct",
+        "interpolation",
+        "mean",
+        "std",
+        "paper_name",
+        "paper_ids",
+        "origin_url",
+    ):
         if cfg.get(k) is not None:
             print(f"  {k}: {cfg[k]}")
     for fi in info["feature_info"]:
@@ -136,10 +147,15 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     for m in args.models or ():
         if m not in models:
             raise UserError(f"{m!r} is not an installed ctxnets model; installed: {', '.join(models)}")
-    rows = run_zoo(pkgs, batch_size=args.batch_size, only=args.models, progress=lambda w: _tqdm(w, desc="zoo"))
+    rows = run_zoo(
+        pkgs, batch_size=args.batch_size, only=args.models, progress=lambda w: _tqdm(w, desc="zoo")
+    )
     print(render_markdown(rows), end="")
     failed = [r.model for r in rows if not r.passed]
-    print(f"{len(rows) - len(failed)} passed, {len(failed)} failed" + (f": {', '.join(failed)}" if failed else ""))
+    print(
+        f"{len(rows) - len(failed)} passed, {len(failed)} failed"
+        + (f": {', '.join(failed)}" if failed else "")
+    )
     if args.out:
         for p in write_outputs(rows, args.out, _machine()):
             print(f"wrote {p}")
@@ -162,7 +178,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             # fresh models per setting: compiled wrappers and optimiser state must not leak across settings
             models = {n: timm.create_model(n, pretrained=False) for n in dict.fromkeys(names)}
             label = f"{mode}, {'compiled' if compiled else 'eager'}"
-            print(f"[{label}] batch {args.batch_size} at {args.img_size}px on {args.device} ...", file=sys.stderr)
+            print(
+                f"[{label}] batch {args.batch_size} at {args.img_size}px on {args.device} ...",
+                file=sys.stderr,
+            )
             results += benchmark(
                 models,
                 batch_size=args.batch_size,
@@ -182,9 +201,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "|---|---|---|---|---|---|",
     ]
     for r in results:
-        ref = next(
-            p for p in results if p.name == peer and p.mode == r.mode and p.compiled == r.compiled
-        )
+        ref = next(p for p in results if p.name == peer and p.mode == r.mode and p.compiled == r.compiled)
         setting = f"{r.mode}, {'compiled' if r.compiled else 'eager'}"
         mem_ratio = r.peak_mem_mb / ref.peak_mem_mb if ref.peak_mem_mb > 0 else float("nan")
         lines.append(

@@ -57,9 +57,10 @@ def _within(measured: float, target: float | None, rtol: float) -> bool:
 def measure_model(name: str, package: str, batch_size: int = 1, repeats: int = 3) -> ZooRow:
     """Build ``name`` through timm and measure it (CPU, float32)."""
     model = timm.create_model(name, pretrained=False)
-    paper = paper_numbers(model.pretrained_cfg)
-    size = paper["paper_img_size"] or model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
-    in_chans = model.pretrained_cfg.get("input_size", (3,))[0]
+    cfg: dict[str, Any] = dict(getattr(model, "pretrained_cfg", None) or {})
+    paper = paper_numbers(cfg)
+    size = paper["paper_img_size"] or cfg.get("input_size", (3, 224, 224))[-1]
+    in_chans = cfg.get("input_size", (3,))[0]
     params = count_params(model)
     gflops = count_gflops(model, (in_chans, size, size))
     (bench,) = benchmark({name: model}, batch_size=batch_size, img_size=size, warmup=1, repeats=repeats)
@@ -119,7 +120,8 @@ def write_outputs(rows: Sequence[ZooRow], out_dir: str | os.PathLike[str], machi
     meta = {"machine": machine, "torch": torch.__version__, "timm": timm.__version__}
     written = []
     with atomic_write(out / "zoo.md", "w") as f:
-        f.write(f"# ctxnets zoo\n\nMeasured on {machine} (torch {torch.__version__}, timm {timm.__version__}).\n\n")
+        versions = f"torch {torch.__version__}, timm {timm.__version__}"
+        f.write(f"# ctxnets zoo\n\nMeasured on {machine} ({versions}).\n\n")
         f.write(render_markdown(rows))
     written.append(out / "zoo.md")
     with atomic_write(out / "zoo.json", "w") as f:
@@ -136,14 +138,14 @@ def _plot(rows: Sequence[ZooRow], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
-    by_pkg: dict[str, list[ZooRow]] = {}
+    by_pkg: dict[str, list[tuple[str, float, float]]] = {}
     for r in rows:
         if r.paper_top1 is not None:
-            by_pkg.setdefault(r.package, []).append(r)
-    for pkg, rs in by_pkg.items():
-        ax.scatter([r.gflops for r in rs], [r.paper_top1 for r in rs], label=pkg, s=30)
-        for r in rs:
-            ax.annotate(r.model, (r.gflops, r.paper_top1), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            by_pkg.setdefault(r.package, []).append((r.model, r.gflops, r.paper_top1))
+    for pkg, pts in by_pkg.items():
+        ax.scatter([g for _, g, _ in pts], [t for _, _, t in pts], label=pkg, s=30)
+        for model, g, t in pts:
+            ax.annotate(model, (g, t), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("GFLOPs (multiply-accumulates, measured)")
     ax.set_ylabel("ImageNet top-1 (%) reported by the paper")
     ax.set_title("ctxnets zoo")

@@ -13,6 +13,8 @@ try:
 except PackageNotFoundError:
     __version__ = "0.0.0"
 
-CTXNETS_PACKAGE = CtxnetsPackage(distribution="care-ssl", import_name="care_ssl", paper="CARE: transformer-guided self-supervised learning")
+CTXNETS_PACKAGE = CtxnetsPackage(
+    distribution="care-ssl", import_name="care_ssl", paper="CARE: transformer-guided self-supervised learning"
+)
 
 __all__ = ["CTXNETS_PACKAGE", "__version__"]

@@ -13,6 +13,8 @@ try:
 except PackageNotFoundError:
     __version__ = "0.0.0"
 
-CTXNETS_PACKAGE = CtxnetsPackage(distribution="container", import_name="container", paper="Container: context aggregation networks")
+CTXNETS_PACKAGE = CtxnetsPackage(
+    distribution="container", import_name="container", paper="Container: context aggregation networks"
+)
 
 __all__ = ["CTXNETS_PACKAGE", "__version__"]

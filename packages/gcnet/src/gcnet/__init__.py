@@ -13,6 +13,8 @@ try:
 except PackageNotFoundError:
     __version__ = "0.0.0"
 
-CTXNETS_PACKAGE = CtxnetsPackage(distribution="gcnet", import_name="gcnet", paper="Global Context Networks (GCNet)")
+CTXNETS_PACKAGE = CtxnetsPackage(
+    distribution="gcnet", import_name="gcnet", paper="Global Context Networks (GCNet)"
+)
 
 __all__ = ["CTXNETS_PACKAGE", "__version__"]

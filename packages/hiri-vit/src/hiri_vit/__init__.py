@@ -13,6 +13,8 @@ try:
 except PackageNotFoundError:
     __version__ = "0.0.0"
 
-CTXNETS_PACKAGE = CtxnetsPackage(distribution="hiri-vit", import_name="hiri_vit", paper="HIRI-ViT: high-resolution hybrid ViT")
+CTXNETS_PACKAGE = CtxnetsPackage(
+    distribution="hiri-vit", import_name="hiri_vit", paper="HIRI-ViT: high-resolution hybrid ViT"
+)
 
 __all__ = ["CTXNETS_PACKAGE", "__version__"]

@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 AttnFactory = Callable[..., nn.Module]
-AttnLayerSpec = Union[str, AttnFactory, None]
+AttnLayerSpec = Union[str, AttnFactory, None]  # noqa: UP007 - a runtime alias, 3.10 has no `|` on Callable
 
 # the names timm.layers.get_attn maps to a module built from the channel count alone
 # (timm/layers/create_attn.py); "bottleneck"/"halo" need a feature size and "ge" fails with defaults.
@@ -42,7 +42,9 @@ class UnknownAttnLayerError(ValueError):
     """Raised for an attention name that neither timm nor an installed ctxnets package provides."""
 
 
-def register_attn_layer(name: str, factory: AttnFactory, *, source: str = "user", overwrite: bool = False) -> None:
+def register_attn_layer(
+    name: str, factory: AttnFactory, *, source: str = "user", overwrite: bool = False
+) -> None:
     """Register ``factory(channels, **kwargs) -> nn.Module`` under ``name``.
 
     A registered name shadows timm's name of the same spelling (gcnet registers the paper's ``"gc"`` block,
@@ -100,7 +102,9 @@ def resolve_attn_layer(attn_layer: AttnLayerSpec) -> AttnFactory | None:
         raise UnknownAttnLayerError(f"unknown attention layer {attn_layer!r}; valid names: {valid}")
     if callable(attn_layer):
         return attn_layer
-    raise TypeError(f"attn_layer must be a name, a callable channels -> nn.Module, or None; got {attn_layer!r}")
+    raise TypeError(
+        f"attn_layer must be a name, a callable channels -> nn.Module, or None; got {attn_layer!r}"
+    )
 
 
 def create_attn_layer(attn_layer: AttnLayerSpec, channels: int, **kwargs: Any) -> nn.Module | None:

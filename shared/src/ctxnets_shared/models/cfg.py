@@ -39,7 +39,9 @@ class PaperCfg(PretrainedCfg):
 
 
 PAPER_FIELDS: tuple[str, ...] = tuple(
-    f.name for f in dataclasses.fields(PaperCfg) if f.name not in {g.name for g in dataclasses.fields(PretrainedCfg)}
+    f.name
+    for f in dataclasses.fields(PaperCfg)
+    if f.name not in {g.name for g in dataclasses.fields(PretrainedCfg)}
 )
 
 

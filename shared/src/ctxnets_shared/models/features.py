@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Optional, Union
-
 __all__ = ["feature_take_indices"]
 
 
 def feature_take_indices(
     num_features: int,
-    indices: Optional[Union[int, list[int], tuple[int, ...]]] = None,
+    indices: int | list[int] | tuple[int, ...] | None = None,
 ) -> tuple[list[int], int]:
     """Resolve which of ``num_features`` feature levels to return.
 

@@ -21,10 +21,7 @@ def check_image_input(x: torch.Tensor, in_chans: int, min_size: int) -> None:
         raise ValueError("expected a 4-D (B, C, H, W) image batch, got " + str(x.dim()) + " dimensions")
     if x.shape[1] != in_chans:
         raise ValueError(
-            "expected "
-            + str(in_chans)
-            + " input channels (the model's in_chans), got "
-            + str(x.shape[1])
+            "expected " + str(in_chans) + " input channels (the model's in_chans), got " + str(x.shape[1])
         )
     if x.shape[2] < min_size or x.shape[3] < min_size:
         raise ValueError(

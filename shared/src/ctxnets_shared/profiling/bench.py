@@ -101,9 +101,7 @@ class _RssPeak:
         self.peak = max(self.peak, _rss_mb())
 
 
-def _make_step(
-    model: nn.Module, x: torch.Tensor, mode: str, compiled: bool
-) -> Callable[[], None]:
+def _make_step(model: nn.Module, x: torch.Tensor, mode: str, compiled: bool) -> Callable[[], None]:
     fn: Callable[..., Any] = torch.compile(model) if compiled else model
     if mode == "infer":
         model.eval()

@@ -44,7 +44,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
             f"numbers are allowed): {str(e).splitlines()[0]}"
         ) from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise WeightsFileError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupted?): {e}") from e
+        raise WeightsFileError(
+            f"{path} is not a readable PyTorch checkpoint (truncated or corrupted?): {e}"
+        ) from e
 
 
 class CheckpointConverter:

@@ -124,7 +124,9 @@ def load_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     try:
         return safetensors.torch.load_file(str(path), device="cpu")
     except (safetensors.SafetensorError, OSError, ValueError) as e:
-        raise WeightsFileError(f"{path} is not a readable safetensors file (truncated or corrupted?): {e}") from e
+        raise WeightsFileError(
+            f"{path} is not a readable safetensors file (truncated or corrupted?): {e}"
+        ) from e
 
 
 def check_state_dict(
@@ -171,7 +173,9 @@ def load_pretrained(
     if path.is_dir():
         cfg_path = path / CONFIG_NAME
         if not cfg_path.is_file():
-            raise WeightsFileError(f"{path} has no {CONFIG_NAME}; expected a folder written by save_pretrained")
+            raise WeightsFileError(
+                f"{path} has no {CONFIG_NAME}; expected a folder written by save_pretrained"
+            )
         try:
             config = json.loads(cfg_path.read_text())
         except json.JSONDecodeError as e:
