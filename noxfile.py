@@ -8,6 +8,7 @@ and its test group, so an undeclared import fails there.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -100,6 +101,13 @@ def wheels(session: nox.Session) -> None:
     """
     _sync(session, "--only-group", "lint")  # gives the session venv a python; the work happens in fresh venvs
     work = Path(tempfile.mkdtemp(prefix="ctxnets-wheels-"))
+    try:
+        _check_wheels(session, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_wheels(session: nox.Session, work: Path) -> None:
     dist = work / "dist"
     for name, _, _ in PACKAGES.values():
         session.run(
