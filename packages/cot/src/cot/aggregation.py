@@ -3,27 +3,217 @@
 The dynamic context of a CoT block (Li et al., "Contextual Transformer Networks for Visual Recognition",
 TPAMI, Eq. 3) multiplies each value channel's K x K neighbourhood by attention weights that differ per
 pixel. The official code runs this as a CuPy CUDA kernel; here it is shift-and-accumulate: pad the value
-once, then for each of the K*K offsets add ``shifted value * weight`` into the output. Nothing of size
-K*K times the value tensor is ever materialised, and the ops (pad, slice, multiply, add) trace cleanly
-through autocast, ``torch.compile``, TorchScript and ONNX export.
+once, then for each of the K*K offsets accumulate ``shifted value * weight`` into the output in place.
+Nothing of size K*K times the value tensor is ever materialised.
 
 Channel sharing is strided: with ``M`` weight maps, value channel ``c`` uses map ``c % M`` (the CUDA
 kernel's indexing). Viewing the value as ``(B, C // M, M, H, W)`` lines channel ``c = r * M + m`` up
 with map ``m`` by broadcasting, so the shared weights are never repeated in memory.
+
+Training goes through a custom autograd function whose backward writes each tap's gradient straight into
+preallocated buffers: left to autograd, every slice and broadcast of the forward would allocate and
+zero-fill a full-size gradient per tap. TorchScript, tracing (ONNX export) and inference use the plain
+shift-and-accumulate ops, which autograd also differentiates correctly.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
-__all__ = ["local_aggregate"]
+__all__ = ["local_aggregate", "normed_local_aggregate"]
+
+
+def _check(value: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> None:
+    if (
+        value.dim() != 4
+        or weight.dim() != 5
+        or weight.shape[0] != value.shape[0]
+        or weight.shape[2] != kernel_size * kernel_size
+        or weight.shape[3] != value.shape[2]
+        or weight.shape[4] != value.shape[3]
+        or value.shape[1] % weight.shape[1] != 0
+    ):
+        raise ValueError(
+            "local_aggregate needs value (B, C, H, W) and weight (B, M, K*K, H, W) with M dividing C and "
+            + "K = "
+            + str(kernel_size)
+            + "; got value "
+            + str(list(value.shape))
+            + " and weight "
+            + str(list(weight.shape))
+        )
+
+
+def _shift_accumulate(value: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    B, C, H, W = value.shape
+    M = weight.shape[1]
+    pad = kernel_size // 2
+    # (B, R, M, H', W'): channel c = r * M + m meets map m by broadcasting over R
+    v = F.pad(value, [pad, pad, pad, pad]).view(B, C // M, M, H + 2 * pad, W + 2 * pad)
+    w = weight.unsqueeze(1)
+    out = v[:, :, :, 0:H, 0:W] * w[:, :, :, 0]
+    for t in range(1, kernel_size * kernel_size):
+        i = t // kernel_size
+        j = t % kernel_size
+        out.addcmul_(v[:, :, :, i : i + H, j : j + W], w[:, :, :, t])
+    return out.view(B, C, H, W)
+
+
+class _LocalAggregate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, value: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
+        ctx.save_for_backward(value, weight)
+        ctx.kernel_size = kernel_size
+        return _shift_accumulate(value, weight, kernel_size)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        value, weight = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        grad_value, grad_weight = _aggregate_backward(grad_out, value, weight, ctx.kernel_size, need[0], need[1])
+        return grad_value, grad_weight, None
+
+
+def _aggregate_backward(
+    g: torch.Tensor, value: torch.Tensor, weight: torch.Tensor, kernel_size: int, need_value: bool, need_weight: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    B, C, H, W = value.shape
+    M = weight.shape[1]
+    R = C // M
+    K = kernel_size
+    pad = K // 2
+    g = g.contiguous().view(B, R, M, H, W)
+    grad_value = grad_weight = None
+    if need_value:
+        # d out / d v: scatter each tap back to where its shifted value came from
+        gv = torch.zeros(B, R, M, H + 2 * pad, W + 2 * pad, dtype=g.dtype, device=g.device)
+        w = weight.unsqueeze(1)
+        for t in range(K * K):
+            i, j = divmod(t, K)
+            gv[:, :, :, i : i + H, j : j + W].addcmul_(g, w[:, :, :, t])
+        grad_value = gv[:, :, :, pad : pad + H, pad : pad + W].reshape(B, C, H, W).to(value.dtype)
+    if need_weight:
+        # d out / d w: each map's weight collects from the R channels sharing it
+        v = F.pad(value, [pad, pad, pad, pad]).view(B, R, M, H + 2 * pad, W + 2 * pad)
+        grad_weight = torch.empty(B, M, K * K, H, W, dtype=g.dtype, device=g.device)
+        for t in range(K * K):
+            i, j = divmod(t, K)
+            torch.sum(g * v[:, :, :, i : i + H, j : j + W], dim=1, out=grad_weight[:, :, t])
+        grad_weight = grad_weight.to(weight.dtype)
+    return grad_value, grad_weight
+
+
+def _group_norm_fp32(
+    x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float, dtype: torch.dtype
+) -> torch.Tensor:
+    # float32 statistics (as autocast would do), whatever the input dtype; result in the aggregation's dtype
+    dt = torch.promote_types(x.dtype, torch.float32)
+    return F.group_norm(x.to(dt), num_groups, weight.to(dt), bias.to(dt), eps).to(dtype)
+
+
+class _NormedLocalAggregate(torch.autograd.Function):
+    """GroupNorm of the attention logits fused with the aggregation: only the logits are kept for
+    backward and the normalised weights are recomputed there (a cheap element-wise op), which saves one
+    weight-sized activation per layer."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        value: torch.Tensor,
+        logits: torch.Tensor,
+        gn_weight: torch.Tensor,
+        gn_bias: torch.Tensor,
+        num_maps: int,
+        eps: float,
+        kernel_size: int,
+        groups: int,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(value, logits, gn_weight, gn_bias)
+        ctx.args = (num_maps, eps, kernel_size, groups)
+        w = _group_norm_fp32(logits, num_maps, gn_weight, gn_bias, eps, value.dtype)
+        B, _, H, W = logits.shape
+        return _shift_accumulate(value, w.view(B * groups, num_maps // groups, -1, H, W), kernel_size)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        value, logits, gn_weight, gn_bias = ctx.saved_tensors
+        num_maps, eps, kernel_size, groups = ctx.args
+        B, _, H, W = logits.shape
+        with torch.enable_grad():
+            inputs = [t.detach().requires_grad_(need) for t, need in zip((logits, gn_weight, gn_bias), ctx.needs_input_grad[1:4])]
+            w = _group_norm_fp32(inputs[0], num_maps, inputs[1], inputs[2], eps, value.dtype)
+        grad_value, grad_w = _aggregate_backward(
+            grad_out,
+            value,
+            w.detach().view(B * groups, num_maps // groups, -1, H, W),
+            kernel_size,
+            ctx.needs_input_grad[0],
+            any(ctx.needs_input_grad[1:4]),
+        )
+        grads: list[torch.Tensor | None] = [None, None, None]
+        if grad_w is not None:
+            wanted = [t for t in inputs if t.requires_grad]
+            got = iter(torch.autograd.grad(w, wanted, grad_w.view(w.shape)))
+            grads = [next(got) if t.requires_grad else None for t in inputs]
+        return grad_value, grads[0], grads[1], grads[2], None, None, None, None
+
+
+def normed_local_aggregate(
+    value: torch.Tensor,
+    logits: torch.Tensor,
+    gn_weight: torch.Tensor,
+    gn_bias: torch.Tensor,
+    num_maps: int,
+    eps: float = 1e-5,
+    kernel_size: int = 3,
+    groups: int = 1,
+) -> torch.Tensor:
+    """GroupNorm the attention logits, then :func:`local_aggregate` each of ``groups`` channel groups.
+
+    Equal to ``local_aggregate(value.view(B*g, C/g, H, W), GroupNorm(M)(logits).view(B*g, M/g, K*K, H, W))``
+    (the CoT / CoXt layer's steps 2-4) with the normalisation in float32, but keeps only ``logits`` for
+    backward.
+
+    Args:
+        value: (B * groups, C / groups, H, W) value map.
+        logits: (B, M * K*K, H, W) attention logits; channels ``j*K*K .. (j+1)*K*K - 1`` are map j.
+        gn_weight: (M * K*K,) GroupNorm scale.
+        gn_bias: (M * K*K,) GroupNorm shift.
+        num_maps: M, the number of attention maps (GroupNorm groups).
+        eps: GroupNorm epsilon.
+        kernel_size: K.
+        groups: channel groups aggregated independently (CoXt: 2).
+
+    Returns:
+        (B * groups, C / groups, H, W).
+    """
+    B, _, H, W = logits.shape
+    if not torch.jit.is_scripting():
+        if (
+            not torch.jit.is_tracing()
+            and torch.is_grad_enabled()
+            and (value.requires_grad or logits.requires_grad or gn_weight.requires_grad)
+        ):
+            _check(value, logits.view(B * groups, num_maps // groups, -1, H, W), kernel_size)
+            dtype = torch.promote_types(value.dtype, logits.dtype)
+            return _NormedLocalAggregate.apply(
+                value.to(dtype), logits, gn_weight, gn_bias, num_maps, eps, kernel_size, groups
+            )
+    dtype = torch.promote_types(value.dtype, logits.dtype)
+    w = _group_norm_fp32(logits, num_maps, gn_weight, gn_bias, eps, dtype)
+    return local_aggregate(value, w.view(B * groups, num_maps // groups, -1, H, W), kernel_size)
 
 
 def local_aggregate(value: torch.Tensor, weight: torch.Tensor, kernel_size: int = 3) -> torch.Tensor:
-    """Per-pixel weighted K x K sum with zero padding and strided channel sharing.
+    """Per-pixel weighted K x K sum with zero padding and strided channel sharing (Eq. 3).
 
-    ``out[b, c, h, w] = sum_{i,j} weight[b, c % M, i * K + j, h, w] * value[b, c, h + i - K//2, w + j - K//2]``
+    ``out[b, c, h, w] = sum_{i,j} weight[b, c % M, i*K + j, h, w] * value[b, c, h + i - K//2, w + j - K//2]``
 
     Args:
         value: (B, C, H, W) value map V.
@@ -31,26 +221,13 @@ def local_aggregate(value: torch.Tensor, weight: torch.Tensor, kernel_size: int 
         kernel_size: K, odd.
 
     Returns:
-        (B, C, H, W) aggregated map, in the dtype of ``value * weight``.
+        (B, C, H, W) aggregated map, in the promoted dtype of ``value`` and ``weight``.
     """
-    B, C, H, W = value.shape
-    M = weight.shape[1]
-    if weight.dim() != 5 or weight.shape[2] != kernel_size * kernel_size or C % M != 0:
-        raise ValueError(
-            "weight must be (B, M, K*K, H, W) with M dividing the value's "
-            + str(C)
-            + " channels and K*K = "
-            + str(kernel_size * kernel_size)
-            + ", got "
-            + str(list(weight.shape))
-        )
-    pad = kernel_size // 2
-    # (B, R, M, H, W): channel c = r * M + m meets map m through broadcasting over R
-    v = F.pad(value, [pad, pad, pad, pad]).view(B, C // M, M, H + 2 * pad, W + 2 * pad)
-    w = weight.unsqueeze(1)
-    out = v[:, :, :, 0:H, 0:W] * w[:, :, :, 0]
-    for t in range(1, kernel_size * kernel_size):
-        i = t // kernel_size
-        j = t % kernel_size
-        out = out + v[:, :, :, i : i + H, j : j + W] * w[:, :, :, t]
-    return out.reshape(B, C, H, W)
+    _check(value, weight, kernel_size)
+    dtype = torch.promote_types(value.dtype, weight.dtype)
+    value = value.to(dtype)
+    weight = weight.to(dtype)
+    if not torch.jit.is_scripting():
+        if not torch.jit.is_tracing() and torch.is_grad_enabled() and (value.requires_grad or weight.requires_grad):
+            return _LocalAggregate.apply(value, weight, kernel_size)
+    return _shift_accumulate(value, weight, kernel_size)

@@ -21,7 +21,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from cot.aggregation import local_aggregate
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from cot.aggregation import normed_local_aggregate
 
 __all__ = ["ABLATIONS", "CoXtLayer", "CotLayer"]
 
@@ -42,6 +45,39 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "remove_query": dict(attn_input="k"),
     "remove_key": dict(attn_input="q"),
 }
+
+
+class _SiluFusion(torch.autograd.Function):
+    """``SiLU(u) * a0 + k * a1`` keeping ``u`` rather than ``SiLU(u)`` for backward (one activation fewer)."""
+
+    @staticmethod
+    def forward(ctx: Any, u: torch.Tensor, k: torch.Tensor, a0: torch.Tensor, a1: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(u, k, a0, a1)
+        return torch.addcmul(k * a1, F.silu(u), a0)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        u, k, a0, a1 = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        s = torch.sigmoid(u)
+        grad_u = grad_k = grad_a0 = grad_a1 = None
+        if need[0]:
+            grad_u = (g * a0 * s * (1 + u * (1 - s))).to(u.dtype)
+        if need[1]:
+            grad_k = (g * a1).to(k.dtype)
+        if need[2]:
+            grad_a0 = (g * u * s).sum((2, 3), keepdim=True).to(a0.dtype)
+        if need[3]:
+            grad_a1 = (g * k).sum((2, 3), keepdim=True).to(a1.dtype)
+        return grad_u, grad_k, grad_a0, grad_a1
+
+
+def _silu_fusion(u: torch.Tensor, k: torch.Tensor, a0: torch.Tensor, a1: torch.Tensor) -> torch.Tensor:
+    if not torch.jit.is_scripting():
+        if not torch.jit.is_tracing() and torch.is_grad_enabled():
+            return _SiluFusion.apply(u, k, a0, a1)
+    return F.silu(u) * a0 + k * a1
 
 
 class CotLayer(nn.Module):
@@ -152,19 +188,25 @@ class CotLayer(nn.Module):
             nn.Conv2d(attn_chs, radix * dim, 1),
         )
 
-    def _attention_input(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        if self.attn_input == "k":
-            return k
+    def _attention_logits(self, embed: nn.Module, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """The attention embedding up to (not including) its GroupNorm: (B, K*K*M, H, W)."""
+        conv, bn, act, conv2 = embed[0], embed[1], embed[2], embed[3]
         q = x
         if self.conv_q is not None:
             q = self.conv_q(x)
-        if self.attn_input == "q":
-            return q
-        if self.interleave_qk:
-            # CoXt: q0, k0, q1, k1, ... so each attention group sees its own half of query and key
-            B, C, H, W = q.shape
-            return torch.stack([q, k], dim=2).view(B, 2 * C, H, W)
-        return torch.cat([q, k], dim=1)
+        if self.attn_input == "k":
+            h = conv(k)
+        elif self.attn_input == "q":
+            h = conv(q)
+        else:
+            # conv([q, k]) as two convs on q and k: same result without the 2C-channel copy that
+            # training would keep for backward. CoXt interleaves q and k channel by channel.
+            if self.interleave_qk:
+                wq, wk = conv.weight[:, 0::2], conv.weight[:, 1::2]
+            else:
+                wq, wk = conv.weight[:, : self.dim], conv.weight[:, self.dim :]
+            h = F.conv2d(q, wq, groups=self.groups) + F.conv2d(k, wk, groups=self.groups)
+        return conv2(act(bn(h)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
@@ -174,21 +216,30 @@ class CotLayer(nn.Module):
             return k  # Static Context ablation
         B, C, H, W = x.shape
         g = self.groups
-        kk = self.kernel_size * self.kernel_size
-        w = embed(self._attention_input(x, k)).view(B * g, -1, kk, H, W)
-        v = conv1x1(x).view(B * g, C // g, H, W)
-        v = act(bn(local_aggregate(v, w, self.kernel_size).view(B, C, H, W)))
+        gn = embed[4]
+        v = normed_local_aggregate(
+            conv1x1(x).view(B * g, C // g, H, W),
+            self._attention_logits(embed, x, k),
+            gn.weight,
+            gn.bias,
+            gn.num_groups,
+            gn.eps,
+            self.kernel_size,
+            g,
+        )
+        u = bn(v.view(B, C, H, W))
+        if self.se is not None:
+            # channel 2c of the fusion logits weighs K2 at channel c, channel 2c + 1 weighs K1
+            a = self.se((F.silu(u) + k).mean((2, 3), keepdim=True)).view(B, C, self.radix).softmax(dim=2)
+            return _silu_fusion(u, k, a[:, :, 0].view(B, C, 1, 1), a[:, :, 1].view(B, C, 1, 1))
+        v = act(u)
         if self.context == "dynamic":
             return v
         if self.fusion == "sum":
             return v + k
-        if self.fuse is not None:
-            return self.fuse(torch.cat([v, k], dim=1))
-        se = self.se
-        assert se is not None
-        # channel 2c of the fusion logits weighs K2 at channel c, channel 2c + 1 weighs K1
-        a = se((v + k).mean((2, 3), keepdim=True)).view(B, C, self.radix).softmax(dim=2)
-        return v * a[:, :, 0].view(B, C, 1, 1) + k * a[:, :, 1].view(B, C, 1, 1)
+        fuse = self.fuse
+        assert fuse is not None
+        return fuse(torch.cat([v, k], dim=1))
 
 
 class CoXtLayer(CotLayer):
