@@ -142,13 +142,15 @@ class CotLayer(nn.Module):
             nn.BatchNorm2d(dim),
             nn.ReLU(inplace=True),
         )
-        self.conv_q: nn.Module | None = None
-        self.embed: nn.Module | None = None
-        self.conv1x1: nn.Module | None = None
-        self.bn: nn.Module | None = None
-        self.act: nn.Module | None = None
-        self.se: nn.Module | None = None
-        self.fuse: nn.Module | None = None
+        # optional parts are None when an ablation drops them (typed Any: TorchScript resolves a None
+        # attribute statically, and only calls or indexes submodules through ``self``)
+        self.conv_q: Any = None
+        self.embed: Any = None
+        self.conv1x1: Any = None
+        self.bn: Any = None
+        self.act: Any = None
+        self.se: Any = None
+        self.fuse: Any = None
         if context == "static":
             return
 
@@ -188,58 +190,54 @@ class CotLayer(nn.Module):
             nn.Conv2d(attn_chs, radix * dim, 1),
         )
 
-    def _attention_logits(self, embed: nn.Module, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    def _attention_logits(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """The attention embedding up to (not including) its GroupNorm: (B, K*K*M, H, W)."""
-        conv, bn, act, conv2 = embed[0], embed[1], embed[2], embed[3]
         q = x
         if self.conv_q is not None:
             q = self.conv_q(x)
         if self.attn_input == "k":
-            h = conv(k)
+            h = self.embed[0](k)
         elif self.attn_input == "q":
-            h = conv(q)
+            h = self.embed[0](q)
         else:
             # conv([q, k]) as two convs on q and k: same result without the 2C-channel copy that
             # training would keep for backward. CoXt interleaves q and k channel by channel.
+            weight = self.embed[0].weight
             if self.interleave_qk:
-                wq, wk = conv.weight[:, 0::2], conv.weight[:, 1::2]
+                wq, wk = weight[:, 0::2], weight[:, 1::2]
             else:
-                wq, wk = conv.weight[:, : self.dim], conv.weight[:, self.dim :]
+                wq, wk = weight[:, : self.dim], weight[:, self.dim :]
             h = F.conv2d(q, wq, groups=self.groups) + F.conv2d(k, wk, groups=self.groups)
-        return conv2(act(bn(h)))
+        return self.embed[3](self.embed[2](self.embed[1](h)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
         k = self.key_embed(x)
-        embed, conv1x1, bn, act = self.embed, self.conv1x1, self.bn, self.act
-        if embed is None or conv1x1 is None or bn is None or act is None:
+        if self.embed is None:
             return k  # Static Context ablation
         B, C, H, W = x.shape
         g = self.groups
-        gn = embed[4]
         v = normed_local_aggregate(
-            conv1x1(x).view(B * g, C // g, H, W),
-            self._attention_logits(embed, x, k),
-            gn.weight,
-            gn.bias,
-            gn.num_groups,
-            gn.eps,
+            self.conv1x1(x).view(B * g, C // g, H, W),
+            self._attention_logits(x, k),
+            self.embed[4].weight,
+            self.embed[4].bias,
+            self.embed[4].num_groups,
+            self.embed[4].eps,
             self.kernel_size,
             g,
         )
-        u = bn(v.view(B, C, H, W))
+        u = self.bn(v.view(B, C, H, W))
         if self.se is not None:
             # channel 2c of the fusion logits weighs K2 at channel c, channel 2c + 1 weighs K1
             a = self.se((F.silu(u) + k).mean((2, 3), keepdim=True)).view(B, C, self.radix).softmax(dim=2)
             return _silu_fusion(u, k, a[:, :, 0].view(B, C, 1, 1), a[:, :, 1].view(B, C, 1, 1))
-        v = act(u)
+        v = self.act(u)
         if self.context == "dynamic":
             return v
-        if self.fusion == "sum":
-            return v + k
-        fuse = self.fuse
-        assert fuse is not None
-        return fuse(torch.cat([v, k], dim=1))
+        if self.fuse is not None:
+            return self.fuse(torch.cat([v, k], dim=1))
+        return v + k  # Linear Fusion
 
 
 class CoXtLayer(CotLayer):

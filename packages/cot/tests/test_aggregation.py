@@ -1,0 +1,97 @@
+"""The fast local aggregation against the slow reference: values, gradients, channel-sharing order."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference import aggregate_reference
+
+from cot.aggregation import _shift_accumulate, local_aggregate, normed_local_aggregate
+
+SHAPES = [  # (B, C, M, H, W, K): batch 1, odd and non-square sizes, 1x1 maps, 5x5 windows
+    (2, 16, 2, 7, 5, 3),
+    (1, 32, 4, 9, 9, 3),
+    (1, 8, 1, 1, 1, 3),
+    (3, 24, 3, 6, 11, 5),
+]
+
+
+def _inputs(B, C, M, H, W, K, dtype=torch.float32):
+    g = torch.Generator().manual_seed(B * 1000 + C + H + K)
+    v = torch.randn(B, C, H, W, generator=g, dtype=dtype, requires_grad=True)
+    w = torch.randn(B, M, K * K, H, W, generator=g, dtype=dtype, requires_grad=True)
+    return v, w
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_values_and_gradients_match_reference(shape):
+    v, w = _inputs(*shape)
+    K = shape[-1]
+    out = local_aggregate(v, w, K)
+    ref = aggregate_reference(v, w, K)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (v, w), grad)
+    want = torch.autograd.grad(ref, (v, w), grad)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", SHAPES[:2])
+def test_plain_path_matches_reference(shape):
+    # the path TorchScript / ONNX / inference take (autograd through the in-place shift-and-accumulate)
+    v, w = _inputs(*shape)
+    K = shape[-1]
+    out = _shift_accumulate(v, w, K)
+    ref = aggregate_reference(v, w, K)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (v, w), grad), torch.autograd.grad(ref, (v, w), grad)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(local_aggregate(v, w, K), ref.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_gradcheck_float64():
+    v, w = _inputs(2, 8, 2, 5, 4, 3, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda a, b: local_aggregate(a, b, 3), (v, w))
+
+
+def test_normed_gradcheck_float64():
+    # GroupNorm fused into the aggregation, recomputed in backward; CoXt-style 2 groups
+    g = torch.Generator().manual_seed(0)
+    B, C, M, H, W, G = 2, 8, 4, 4, 3, 2
+    v = torch.randn(B * G, C // G, H, W, generator=g, dtype=torch.float64, requires_grad=True)
+    logits = torch.randn(B, M * 9, H, W, generator=g, dtype=torch.float64, requires_grad=True)
+    gw = torch.randn(M * 9, generator=g, dtype=torch.float64, requires_grad=True)
+    gb = torch.randn(M * 9, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def fn(v, logits, gw, gb):
+        return normed_local_aggregate(v, logits, gw, gb, M, 1e-5, 3, G)
+
+    assert torch.autograd.gradcheck(fn, (v, logits, gw, gb))
+    # and it equals GroupNorm followed by the reference, per group
+    out = fn(v, logits, gw, gb)
+    wn = torch.nn.functional.group_norm(logits, M, gw, gb, 1e-5).view(B * G, M // G, 9, H, W)
+    torch.testing.assert_close(out, aggregate_reference(v, wn, 3))
+
+
+def test_channel_sharing_is_strided_not_contiguous():
+    # channel c must use map c % M; with contiguous grouping (c // (C / M)) the outputs differ completely
+    v, w = _inputs(1, 16, 4, 6, 6, 3)
+    out = local_aggregate(v, w, 3)
+    torch.testing.assert_close(out, aggregate_reference(v, w, 3), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(out, aggregate_reference(v, w, 3, contiguous=True), atol=1e-2)
+    # only map 1 non-zero: channels 1, 5, 9, 13 respond; the contiguous reading would light up 4..7
+    w1 = torch.zeros_like(w)
+    w1[:, 1] = 1.0
+    lit = local_aggregate(v, w1, 3).detach().abs().sum((0, 2, 3)).nonzero().flatten().tolist()
+    assert lit == [1, 5, 9, 13]
+
+
+def test_bad_shapes_raise():
+    v, w = _inputs(1, 16, 4, 6, 6, 3)
+    with pytest.raises(ValueError, match="M dividing C"):
+        local_aggregate(v, w[:, :3], 3)
+    with pytest.raises(ValueError, match="K\\*K"):
+        local_aggregate(v, w, 5)

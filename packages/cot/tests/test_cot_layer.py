@@ -1,0 +1,163 @@
+"""CotLayer / CoXtLayer: against a step-by-step reference, ablations (Tables 5-6), dtypes, compile, ONNX."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import timm
+import torch
+from reference import cot_layer_reference
+
+from cot import ABLATIONS, CotLayer, CoXtLayer
+from ctxnets_shared.profiling import count_params
+
+# specs/cot.md (paper Tables 5 and 6): CoTNet-50 parameter counts of the ablation variants, in millions
+ABLATION_PARAMS_M = {
+    "static_only": 17.1,
+    "dynamic_only": 20.3,
+    "linear_fusion": 20.3,
+    "concatenate": 22.8,
+    "key_kernel_1": 19.7,
+    "key_kernel_3": 22.2,
+    "key_kernel_5": 28.5,
+    "qkv_3x3": 29.5,
+    "remove_query": 21.6,
+    "remove_key": 21.6,
+}
+
+
+def _layer(cls=CotLayer, dim=32, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    layer = cls(dim, **kwargs)
+    for p in layer.parameters():  # away from the identity-ish init so every path matters
+        p.data.normal_(0, 0.3)
+    return layer
+
+
+@pytest.mark.parametrize("cls", [CotLayer, CoXtLayer])
+def test_matches_step_by_step_reference_float64(cls):
+    layer = _layer(cls).double().train()
+    x = torch.randn(2, 32, 5, 7, dtype=torch.float64, requires_grad=True)
+    out = layer(x)
+    ref = cot_layer_reference(layer, x)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    params = [x, *layer.parameters()]
+    for a, b in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("cls", [CotLayer, CoXtLayer])
+def test_eval_and_no_grad_paths_agree(cls):
+    layer = _layer(cls).eval()
+    x = torch.randn(1, 32, 9, 9)
+    with torch.no_grad():
+        fast = layer(x)
+    torch.testing.assert_close(fast, cot_layer_reference(layer, x).detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_layer_gradcheck_float64():
+    layer = _layer(CotLayer, dim=8).double().eval()
+    x = torch.randn(1, 8, 3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(layer, (x,))
+
+
+@pytest.mark.parametrize("name", list(ABLATION_PARAMS_M))
+def test_ablation_param_counts_match_paper(name):
+    model = timm.create_model("cotnet50", cot_kwargs=ABLATIONS[name])
+    assert count_params(model) / 1e6 == pytest.approx(ABLATION_PARAMS_M[name], rel=0.03)
+    layer = _layer(CotLayer, dim=32, **ABLATIONS[name]).train()
+    x = torch.randn(2, 32, 6, 6, requires_grad=True)
+    out = layer(x)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    out.square().mean().backward()
+    assert all(p.grad is not None for p in layer.parameters())
+
+
+def test_ablations_change_the_computation():
+    x = torch.randn(2, 32, 6, 6)
+    full = _layer(CotLayer, seed=1).eval()
+    static = _layer(CotLayer, seed=1, context="static").eval()
+    static.key_embed.load_state_dict(full.key_embed.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(static(x), full.key_embed(x))  # Static Context is the key conv only
+        assert not torch.allclose(full(x), static(x))
+
+
+def test_bad_options_raise():
+    with pytest.raises(ValueError, match="fusion"):
+        CotLayer(32, fusion="mul")
+    with pytest.raises(ValueError, match="divisible"):
+        CotLayer(36)
+
+
+def test_torchscript_layer():
+    for cls in (CotLayer, CoXtLayer):
+        layer = _layer(cls).eval()
+        x = torch.randn(1, 32, 7, 7)
+        with torch.no_grad():
+            torch.testing.assert_close(torch.jit.script(layer)(x), layer(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cpu_autocast_no_nan(dtype):
+    torch.manual_seed(0)
+    model = timm.create_model("cotnext50_2x48d", num_classes=10).train()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.autocast("cpu", dtype=dtype):
+        out = model(x)
+    assert torch.isfinite(out).all()
+    out.float().logsumexp(1).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        ref = model(x)
+    with torch.no_grad():
+        torch.testing.assert_close(ref.float(), model(x), rtol=0.1, atol=0.1)
+
+
+def test_torch_compile_layer_forward_backward():
+    layer = _layer(CotLayer, dim=16).train()
+    compiled = torch.compile(copy.deepcopy(layer), backend="inductor")
+    x = torch.randn(2, 16, 6, 5, requires_grad=True)
+    out, ref = compiled(x), layer(x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    (g1,) = torch.autograd.grad(out.sum(), x)
+    (g2,) = torch.autograd.grad(ref.sum(), x)
+    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-5)
+
+
+def _onnx_parity(module, x, tmp_path, rtol, atol):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(module, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"])
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = sess.run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        want = module(x)
+    torch.testing.assert_close(torch.from_numpy(got), want, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("cls", [CotLayer, CoXtLayer])
+def test_onnx_layer_matches_onnxruntime(cls, tmp_path):
+    _onnx_parity(_layer(cls).eval(), torch.randn(1, 32, 9, 7), tmp_path, 1e-4, 1e-4)
+
+
+def test_onnx_cotnet50_matches_onnxruntime(tmp_path):
+    torch.manual_seed(0)
+    _onnx_parity(timm.create_model("cotnet50").eval(), torch.randn(1, 3, 64, 64), tmp_path, 1e-3, 1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA check: needs a GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_autocast_matches_fp32(dtype):
+    layer = _layer(CotLayer, dim=64).cuda().eval()
+    x = torch.randn(2, 64, 14, 14, device="cuda")
+    with torch.no_grad():
+        ref = layer(x)
+        with torch.autocast("cuda", dtype=dtype):
+            out = layer(x)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)
