@@ -1,0 +1,34 @@
+"""replace_conv3x3: CoT layers into another ResNet-style network."""
+
+from __future__ import annotations
+
+import timm
+import torch
+
+from cot import CotLayer, CoXtLayer, replace_conv3x3
+
+
+def test_replaces_every_bottleneck_3x3_of_resnet50():
+    model = timm.create_model("resnet50", num_classes=10)
+    before = sum(p.numel() for p in model.parameters())
+    names = replace_conv3x3(model)
+    # 16 bottlenecks, one 3x3 conv each (the stem's 7x7 and the 1x1 convs stay)
+    assert names == [f"layer{s}.{b}.conv2" for s, n in zip(range(1, 5), (3, 4, 6, 3)) for b in range(n)]
+    assert isinstance(model.layer1[0].conv2, CotLayer)
+    strided = model.layer2[0].conv2  # stride 2 -> average pool before the CoT layer, as CoTNet does
+    assert isinstance(strided[0], torch.nn.AvgPool2d) and isinstance(strided[1], CotLayer)
+    assert sum(p.numel() for p in model.parameters()) < before
+    model.train()
+    out = model(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 10)
+    out.sum().backward()
+
+
+def test_filter_and_layer_class():
+    model = timm.create_model("resnet50", num_classes=0)
+    names = replace_conv3x3(model, layer_cls=CoXtLayer, filter_fn=lambda name, conv: name.startswith("layer4"))
+    assert names == ["layer4.0.conv2", "layer4.1.conv2", "layer4.2.conv2"]
+    assert isinstance(model.layer4[1].conv2, CoXtLayer)
+    assert isinstance(model.layer3[0].conv2, torch.nn.Conv2d)
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 2048)
