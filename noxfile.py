@@ -70,7 +70,7 @@ def tests(session: nox.Session, package: str) -> None:
 @nox.session
 def integration(session: nox.Session) -> None:
     """Cross-package composition tests with the whole workspace installed."""
-    _sync(session, "--all-packages", "--group", "integration")
+    _sync(session, "--all-packages", "--extra", "cli", "--group", "integration")
     session.run(
         "pytest", "-c", "pyproject.toml", "tests-integration", "-p", "no:cacheprovider", *session.posargs
     )

@@ -144,6 +144,13 @@ def cmd_zoo(args: argparse.Namespace) -> int:
         names = ", ".join(pkgs) if pkgs else "none"
         print(f"no ctxnets models installed yet (installed ctxnets packages: {names}); nothing to measure")
         return 0
+    if args.out:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UserError(
+                "--out draws zoo.png with matplotlib: pip install 'ctxnets-shared[cli]'"
+            ) from None
     for m in args.models or ():
         if m not in models:
             raise UserError(f"{m!r} is not an installed ctxnets model; installed: {', '.join(models)}")
