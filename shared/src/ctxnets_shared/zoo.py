@@ -144,8 +144,11 @@ def _plot(rows: Sequence[ZooRow], path: Path) -> Path:
             by_pkg.setdefault(r.package, []).append((r.model, r.gflops, r.paper_top1))
     for pkg, pts in by_pkg.items():
         ax.scatter([g for _, g, _ in pts], [t for _, _, t in pts], label=pkg, s=30)
-        for model, g, t in pts:
-            ax.annotate(model, (g, t), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        for i, (model, g, t) in enumerate(sorted(pts, key=lambda p: p[1])):
+            # alternate above/below so neighbours with equal top-1 do not print over each other
+            ax.annotate(
+                model, (g, t), fontsize=7, xytext=(3, 4 if i % 2 else -10), textcoords="offset points"
+            )
     ax.set_xlabel("GFLOPs (multiply-accumulates, measured)")
     ax.set_ylabel("ImageNet top-1 (%) reported by the paper")
     ax.set_title("ctxnets zoo")
