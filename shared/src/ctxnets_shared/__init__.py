@@ -4,13 +4,8 @@ Shared by the ctxnets paper packages (cotnet, gcnet, care-ssl, hiri-vit, contain
 than one of them needs.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from ctxnets_shared.packages import CtxnetsPackage, discover_packages, distribution_version, find_model
 
-from ctxnets_shared.packages import CtxnetsPackage, discover_packages, find_model
-
-try:
-    __version__ = version("ctxnets-shared")
-except PackageNotFoundError:  # running from a source tree without installing
-    __version__ = "0.0.0"
+__version__ = distribution_version("ctxnets-shared")
 
 __all__ = ["CtxnetsPackage", "__version__", "discover_packages", "find_model"]

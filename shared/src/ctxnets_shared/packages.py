@@ -10,16 +10,31 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ctxnets_shared.weights.convert import CheckpointConverter
 
-__all__ = ["ENTRY_POINT_GROUP", "CtxnetsPackage", "UnknownModelError", "discover_packages", "find_model"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "CtxnetsPackage",
+    "UnknownModelError",
+    "discover_packages",
+    "distribution_version",
+    "find_model",
+]
 
 ENTRY_POINT_GROUP = "ctxnets.packages"
 _logger = logging.getLogger(__name__)
+
+
+def distribution_version(distribution: str) -> str:
+    """The installed version of ``distribution``; "0.0.0" when running from an uninstalled source tree."""
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "0.0.0"
 
 
 class UnknownModelError(ValueError):

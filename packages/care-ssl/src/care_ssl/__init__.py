@@ -4,14 +4,9 @@ Package skeleton: the models and blocks of this paper land with their own issue.
 nothing with timm yet; `ctxnets list` shows it as installed with no models.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from ctxnets_shared.packages import CtxnetsPackage, distribution_version
 
-from ctxnets_shared.packages import CtxnetsPackage
-
-try:
-    __version__ = version("care-ssl")
-except PackageNotFoundError:
-    __version__ = "0.0.0"
+__version__ = distribution_version("care-ssl")
 
 CTXNETS_PACKAGE = CtxnetsPackage(
     distribution="care-ssl", import_name="care_ssl", paper="CARE: transformer-guided self-supervised learning"

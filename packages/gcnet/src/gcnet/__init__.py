@@ -4,14 +4,9 @@ Package skeleton: the models and blocks of this paper land with their own issue.
 nothing with timm yet; `ctxnets list` shows it as installed with no models.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from ctxnets_shared.packages import CtxnetsPackage, distribution_version
 
-from ctxnets_shared.packages import CtxnetsPackage
-
-try:
-    __version__ = version("gcnet")
-except PackageNotFoundError:
-    __version__ = "0.0.0"
+__version__ = distribution_version("gcnet")
 
 CTXNETS_PACKAGE = CtxnetsPackage(
     distribution="gcnet", import_name="gcnet", paper="Global Context Networks (GCNet)"

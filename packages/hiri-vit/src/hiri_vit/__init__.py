@@ -4,14 +4,9 @@ Package skeleton: the models and blocks of this paper land with their own issue.
 nothing with timm yet; `ctxnets list` shows it as installed with no models.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from ctxnets_shared.packages import CtxnetsPackage, distribution_version
 
-from ctxnets_shared.packages import CtxnetsPackage
-
-try:
-    __version__ = version("hiri-vit")
-except PackageNotFoundError:
-    __version__ = "0.0.0"
+__version__ = distribution_version("hiri-vit")
 
 CTXNETS_PACKAGE = CtxnetsPackage(
     distribution="hiri-vit", import_name="hiri_vit", paper="HIRI-ViT: high-resolution hybrid ViT"
