@@ -6,13 +6,15 @@ import torch
 import torch.nn.functional as F
 
 
-def aggregate_reference(value: torch.Tensor, weight: torch.Tensor, kernel_size: int, contiguous: bool = False):
+def aggregate_reference(
+    value: torch.Tensor, weight: torch.Tensor, kernel_size: int, contiguous: bool = False
+):
     """Loop over channels and taps: out[c] = sum_t weight[map(c), t] * shifted value[c].
 
     ``map(c) = c % M`` (the official CUDA kernel); ``contiguous=True`` uses ``c // (C // M)`` instead, the
     wrong reading of "channels share a map" that the channel-sharing test guards against.
     """
-    B, C, H, W = value.shape
+    _, C, H, W = value.shape
     M = weight.shape[1]
     p = kernel_size // 2
     padded = F.pad(value, [p, p, p, p])
@@ -30,10 +32,8 @@ def cot_layer_reference(layer, x: torch.Tensor) -> torch.Tensor:
     B, C, H, W = x.shape
     g = layer.groups
     k1 = layer.key_embed(x)  # static context
-    if g > 1:  # CoXt interleaves query and key channel by channel
-        qk = torch.stack([x, k1], dim=2).reshape(B, 2 * C, H, W)
-    else:
-        qk = torch.cat([x, k1], dim=1)
+    # CoXt interleaves query and key channel by channel
+    qk = torch.stack([x, k1], dim=2).reshape(B, 2 * C, H, W) if g > 1 else torch.cat([x, k1], dim=1)
     w = layer.embed(qk)  # conv, BN, ReLU, conv, GroupNorm
     v = layer.conv1x1(x)
     halves = []

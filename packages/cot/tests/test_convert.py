@@ -107,7 +107,9 @@ def test_training_checkpoint_with_module_prefix_and_ema(tmp_path, official):
         "state_dict_ema": {f"module.{k}": v for k, v in ema.items()},
     }
     torch.save(ckpt, tmp_path / "cotnet50.pth.tar")
-    _check_loaded(CotConverter().convert("cotnet50", tmp_path / "cotnet50.pth.tar", tmp_path / "plain"), official)
+    _check_loaded(
+        CotConverter().convert("cotnet50", tmp_path / "cotnet50.pth.tar", tmp_path / "plain"), official
+    )
     out = CotConverter(use_ema=True).convert("cotnet50", tmp_path / "cotnet50.pth.tar", tmp_path / "ema")
     _check_loaded(out, ema)
 

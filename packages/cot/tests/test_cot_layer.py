@@ -161,3 +161,21 @@ def test_cuda_autocast_matches_fp32(dtype):
             out = layer(x)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("cls", [CotLayer, CoXtLayer])
+def test_memory_efficient_training_is_exact(cls):
+    # recomputing the layer's tail in backward: same output, gradients and BN running statistics
+    fast = _layer(cls).train()
+    plain = copy.deepcopy(fast)
+    plain.memory_efficient = False
+    x = torch.randn(2, 32, 6, 5, requires_grad=True)
+    outs = [m(x) for m in (fast, plain)]
+    torch.testing.assert_close(outs[0], outs[1])
+    g = torch.randn_like(outs[0])
+    grads = [torch.autograd.grad(o, [x, *m.parameters()], g) for o, m in zip(outs, (fast, plain))]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+    for (name, a), (_, b) in zip(fast.named_buffers(), plain.named_buffers()):
+        torch.testing.assert_close(a, b, msg=name)
+    assert int(fast.bn.num_batches_tracked) == 1

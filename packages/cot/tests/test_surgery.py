@@ -26,7 +26,9 @@ def test_replaces_every_bottleneck_3x3_of_resnet50():
 
 def test_filter_and_layer_class():
     model = timm.create_model("resnet50", num_classes=0)
-    names = replace_conv3x3(model, layer_cls=CoXtLayer, filter_fn=lambda name, conv: name.startswith("layer4"))
+    names = replace_conv3x3(
+        model, layer_cls=CoXtLayer, filter_fn=lambda name, conv: name.startswith("layer4")
+    )
     assert names == ["layer4.0.conv2", "layer4.1.conv2", "layer4.2.conv2"]
     assert isinstance(model.layer4[1].conv2, CoXtLayer)
     assert isinstance(model.layer3[0].conv2, torch.nn.Conv2d)

@@ -75,12 +75,19 @@ class _LocalAggregate(torch.autograd.Function):
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
         value, weight = ctx.saved_tensors
         need = ctx.needs_input_grad
-        grad_value, grad_weight = _aggregate_backward(grad_out, value, weight, ctx.kernel_size, need[0], need[1])
+        grad_value, grad_weight = _aggregate_backward(
+            grad_out, value, weight, ctx.kernel_size, need[0], need[1]
+        )
         return grad_value, grad_weight, None
 
 
 def _aggregate_backward(
-    g: torch.Tensor, value: torch.Tensor, weight: torch.Tensor, kernel_size: int, need_value: bool, need_weight: bool
+    g: torch.Tensor,
+    value: torch.Tensor,
+    weight: torch.Tensor,
+    kernel_size: int,
+    need_value: bool,
+    need_weight: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     B, C, H, W = value.shape
     M = weight.shape[1]
@@ -146,7 +153,10 @@ class _NormedLocalAggregate(torch.autograd.Function):
         num_maps, eps, kernel_size, groups = ctx.args
         B, _, H, W = logits.shape
         with torch.enable_grad():
-            inputs = [t.detach().requires_grad_(need) for t, need in zip((logits, gn_weight, gn_bias), ctx.needs_input_grad[1:4])]
+            inputs = [
+                t.detach().requires_grad_(need)
+                for t, need in zip((logits, gn_weight, gn_bias), ctx.needs_input_grad[1:4])
+            ]
             w = _group_norm_fp32(inputs[0], num_maps, inputs[1], inputs[2], eps, value.dtype)
         grad_value, grad_w = _aggregate_backward(
             grad_out,
@@ -194,7 +204,7 @@ def normed_local_aggregate(
         (B * groups, C / groups, H, W).
     """
     B, _, H, W = logits.shape
-    if not torch.jit.is_scripting():
+    if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
         if (
             not torch.jit.is_tracing()
             and torch.is_grad_enabled()
@@ -227,7 +237,11 @@ def local_aggregate(value: torch.Tensor, weight: torch.Tensor, kernel_size: int 
     dtype = torch.promote_types(value.dtype, weight.dtype)
     value = value.to(dtype)
     weight = weight.to(dtype)
-    if not torch.jit.is_scripting():
-        if not torch.jit.is_tracing() and torch.is_grad_enabled() and (value.requires_grad or weight.requires_grad):
+    if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
+        if (
+            not torch.jit.is_tracing()
+            and torch.is_grad_enabled()
+            and (value.requires_grad or weight.requires_grad)
+        ):
             return _LocalAggregate.apply(value, weight, kernel_size)
     return _shift_accumulate(value, weight, kernel_size)

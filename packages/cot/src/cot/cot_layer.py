@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch.autograd.function import once_differentiable
 
 from cot.aggregation import normed_local_aggregate
@@ -51,7 +51,9 @@ class _SiluFusion(torch.autograd.Function):
     """``SiLU(u) * a0 + k * a1`` keeping ``u`` rather than ``SiLU(u)`` for backward (one activation fewer)."""
 
     @staticmethod
-    def forward(ctx: Any, u: torch.Tensor, k: torch.Tensor, a0: torch.Tensor, a1: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx: Any, u: torch.Tensor, k: torch.Tensor, a0: torch.Tensor, a1: torch.Tensor
+    ) -> torch.Tensor:
         ctx.save_for_backward(u, k, a0, a1)
         return torch.addcmul(k * a1, F.silu(u), a0)
 
@@ -73,8 +75,21 @@ class _SiluFusion(torch.autograd.Function):
         return grad_u, grad_k, grad_a0, grad_a1
 
 
+def _bn_recompute(
+    x: torch.Tensor,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+) -> torch.Tensor:
+    # a training-mode BN's recomputation for backward: the same batch statistics; the running statistics it
+    # updates are throw-away copies, so the module's move once and the same tensors are saved as the first time
+    return F.batch_norm(x, running_mean.clone(), running_var.clone(), weight, bias, True, 0.1, eps)
+
+
 def _silu_fusion(u: torch.Tensor, k: torch.Tensor, a0: torch.Tensor, a1: torch.Tensor) -> torch.Tensor:
-    if not torch.jit.is_scripting():
+    if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
         if not torch.jit.is_tracing() and torch.is_grad_enabled():
             return _SiluFusion.apply(u, k, a0, a1)
     return F.silu(u) * a0 + k * a1
@@ -97,6 +112,8 @@ class CotLayer(nn.Module):
         fusion: "attn" (CoT), "sum" (Linear Fusion) or "concat" (Concatenate + 1x1 conv), Table 5.
         attn_input: "qk" (CoT), "k" (Remove Query) or "q" (Remove Key), Table 6.
         qkv_3x3: 3x3 convs for query (groups 4), key and value (groups 2), Table 6 "3x3*".
+        memory_efficient: in training, recompute the element-wise tail of the layer (value BN, GroupNorm,
+            aggregation, BN, fusion) in backward rather than store it; same results, less memory.
     """
 
     def __init__(
@@ -115,6 +132,7 @@ class CotLayer(nn.Module):
         fusion: str = "attn",
         attn_input: str = "qk",
         qkv_3x3: bool = False,
+        memory_efficient: bool = True,
     ) -> None:
         super().__init__()
         if context not in _CONTEXTS or fusion not in _FUSIONS or attn_input not in _ATTN_INPUTS:
@@ -135,6 +153,7 @@ class CotLayer(nn.Module):
         self.fusion = fusion
         self.attn_input = attn_input
         self.interleave_qk = groups > 1
+        self.memory_efficient = memory_efficient
         kk = key_kernel_size or kernel_size
 
         self.key_embed = nn.Sequential(
@@ -210,16 +229,20 @@ class CotLayer(nn.Module):
             h = F.conv2d(q, wq, groups=self.groups) + F.conv2d(k, wk, groups=self.groups)
         return self.embed[3](self.embed[2](self.embed[1](h)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, C, H, W)."""
-        k = self.key_embed(x)
-        if self.embed is None:
-            return k  # Static Context ablation
-        B, C, H, W = x.shape
+    def _dynamic_context_and_fusion(
+        self, z: torch.Tensor, logits: torch.Tensor, k: torch.Tensor, update_stats: bool = True
+    ) -> torch.Tensor:
+        """Steps 4-6 from the value conv's output z and the attention logits: (B, C, H, W)."""
+        B, C, H, W = k.shape
         g = self.groups
+        bn_v = self.conv1x1[1]
+        if update_stats or not self.training:
+            value = bn_v(z)
+        else:
+            value = _bn_recompute(z, bn_v.running_mean, bn_v.running_var, bn_v.weight, bn_v.bias, bn_v.eps)
         v = normed_local_aggregate(
-            self.conv1x1(x).view(B * g, C // g, H, W),
-            self._attention_logits(x, k),
+            value.view(B * g, C // g, H, W),
+            logits,
             self.embed[4].weight,
             self.embed[4].bias,
             self.embed[4].num_groups,
@@ -227,10 +250,24 @@ class CotLayer(nn.Module):
             self.kernel_size,
             g,
         )
-        u = self.bn(v.view(B, C, H, W))
+        v = v.view(B, C, H, W)
+        if update_stats or not self.training:
+            u = self.bn(v)
+        else:
+            u = _bn_recompute(
+                v, self.bn.running_mean, self.bn.running_var, self.bn.weight, self.bn.bias, self.bn.eps
+            )
         if self.se is not None:
+            gap = (F.silu(u) + k).mean((2, 3), keepdim=True)
+            a = self.se[0](gap)
+            if update_stats or not self.training:
+                a = self.se[1](a)
+            else:
+                bn_a = self.se[1]
+                a = _bn_recompute(a, bn_a.running_mean, bn_a.running_var, bn_a.weight, bn_a.bias, bn_a.eps)
+            a = self.se[3](self.se[2](a))
             # channel 2c of the fusion logits weighs K2 at channel c, channel 2c + 1 weighs K1
-            a = self.se((F.silu(u) + k).mean((2, 3), keepdim=True)).view(B, C, self.radix).softmax(dim=2)
+            a = a.view(B, C, self.radix).softmax(dim=2)
             return _silu_fusion(u, k, a[:, :, 0].view(B, C, 1, 1), a[:, :, 1].view(B, C, 1, 1))
         v = self.act(u)
         if self.context == "dynamic":
@@ -238,6 +275,36 @@ class CotLayer(nn.Module):
         if self.fuse is not None:
             return self.fuse(torch.cat([v, k], dim=1))
         return v + k  # Linear Fusion
+
+    @torch.jit.unused
+    def _checkpointed(self, z: torch.Tensor, logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        # Everything from the value BN to the output is element-wise or tiny, so it is recomputed in
+        # backward instead of keeping value, aggregate and BN output: three activations fewer per layer.
+        calls = [0]
+
+        def run(z: torch.Tensor, logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+            calls[0] += 1
+            return self._dynamic_context_and_fusion(z, logits, k, update_stats=calls[0] == 1)
+
+        return torch.utils.checkpoint.checkpoint(run, z, logits, k, use_reentrant=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W)."""
+        k = self.key_embed(x)
+        if self.embed is None:
+            return k  # Static Context ablation
+        z = self.conv1x1[0](x)
+        logits = self._attention_logits(x, k)
+        if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
+            if (
+                self.memory_efficient
+                and self.training
+                and torch.is_grad_enabled()
+                and not torch.jit.is_tracing()
+                and not torch.compiler.is_compiling()  # the compiler plans recomputation itself
+            ):
+                return self._checkpointed(z, logits, k)
+        return self._dynamic_context_and_fusion(z, logits, k)
 
 
 class CoXtLayer(CotLayer):

@@ -183,6 +183,7 @@ class CoTNet(nn.Module):
         self.maxpool: nn.Module = nn.Identity() if deep_stem else nn.MaxPool2d(3, stride=2, padding=1)
         self.feature_info = [dict(num_chs=in_chs, reduction=2, module="act1")]
 
+        stages: list[nn.Sequential] = []
         total_blocks = sum(layers)
         block_idx = 0
         reduction = 2 if deep_stem else 4  # after the max-pool
@@ -212,11 +213,12 @@ class CoTNet(nn.Module):
                 )
                 in_chs = out_chs
                 block_idx += 1
-            self.add_module(f"layer{stage_idx + 1}", nn.Sequential(*blocks))
+            stages.append(nn.Sequential(*blocks))
             self.feature_info.append(
                 dict(num_chs=out_chs, reduction=reduction, module=f"layer{stage_idx + 1}")
             )
 
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.num_features = self.head_hidden_size = in_chs
         self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
         self._init_weights(zero_init_last)
@@ -264,7 +266,7 @@ class CoTNet(nn.Module):
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Features of the stem (index 0, stride 2) and of ``layer1`` .. ``layer4`` (indices 1-4, stride 4-32).
+        """Features of the stem (index 0, stride 2) and of ``layer1`` .. ``layer4`` (indices 1-4, 4-32).
 
         Args:
             x: (B, in_chans, H, W) images, H and W >= 32.

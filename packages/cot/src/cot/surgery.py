@@ -58,9 +58,9 @@ def replace_conv3x3(
     key_groups = int(layer_kwargs.get("key_groups", 4))
     targets = []
     for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d) and _replaceable(module, share_planes, key_groups):
-            if filter_fn is None or filter_fn(name, module):
-                targets.append(name)
+        eligible = isinstance(module, nn.Conv2d) and _replaceable(module, share_planes, key_groups)
+        if eligible and (filter_fn is None or filter_fn(name, module)):
+            targets.append(name)
     for name in targets:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
