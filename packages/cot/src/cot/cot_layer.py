@@ -83,8 +83,8 @@ def _bn_recompute(
     bias: torch.Tensor,
     eps: float,
 ) -> torch.Tensor:
-    # a training-mode BN's recomputation for backward: the same batch statistics; the running statistics it
-    # updates are throw-away copies, so the module's move once and the same tensors are saved as the first time
+    # a training-mode BN recomputed for backward: the same batch statistics; the running statistics it
+    # updates are throw-away copies, so the module's move once, and the same tensors are saved as before
     return F.batch_norm(x, running_mean.clone(), running_var.clone(), weight, bias, True, 0.1, eps)
 
 
