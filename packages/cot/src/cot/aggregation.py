@@ -207,6 +207,7 @@ def normed_local_aggregate(
     if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
         if (
             not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling()
             and torch.is_grad_enabled()
             and (value.requires_grad or logits.requires_grad or gn_weight.requires_grad)
         ):
@@ -240,6 +241,7 @@ def local_aggregate(value: torch.Tensor, weight: torch.Tensor, kernel_size: int 
     if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
         if (
             not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling()
             and torch.is_grad_enabled()
             and (value.requires_grad or weight.requires_grad)
         ):

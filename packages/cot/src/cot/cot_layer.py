@@ -90,7 +90,7 @@ def _bn_recompute(
 
 def _silu_fusion(u: torch.Tensor, k: torch.Tensor, a0: torch.Tensor, a1: torch.Tensor) -> torch.Tensor:
     if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
-        if not torch.jit.is_tracing() and torch.is_grad_enabled():
+        if not torch.jit.is_tracing() and not torch.compiler.is_compiling() and torch.is_grad_enabled():
             return _SiluFusion.apply(u, k, a0, a1)
     return F.silu(u) * a0 + k * a1
 
