@@ -62,16 +62,19 @@ class _SiluFusion(torch.autograd.Function):
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         u, k, a0, a1 = ctx.saved_tensors
         need = ctx.needs_input_grad
-        s = torch.sigmoid(u)
+        B, C = u.shape[0], u.shape[1]
         grad_u = grad_k = grad_a0 = grad_a1 = None
         if need[0]:
-            grad_u = (g * a0 * s * (1 + u * (1 - s))).to(u.dtype)
+            grad_u = torch.ops.aten.silu_backward(g * a0, u).to(u.dtype)
         if need[1]:
             grad_k = (g * a1).to(k.dtype)
+        # per-(batch, channel) dot products over H*W, as batched matrix products (one pass each)
+        gf = g.reshape(B * C, 1, -1)
         if need[2]:
-            grad_a0 = (g * u * s).sum((2, 3), keepdim=True).to(a0.dtype)
+            v = F.silu(u).to(g.dtype).reshape(B * C, -1, 1)
+            grad_a0 = torch.bmm(gf, v).view(a0.shape).to(a0.dtype)
         if need[3]:
-            grad_a1 = (g * k).sum((2, 3), keepdim=True).to(a1.dtype)
+            grad_a1 = torch.bmm(gf, k.to(g.dtype).reshape(B * C, -1, 1)).view(a1.shape).to(a1.dtype)
         return grad_u, grad_k, grad_a0, grad_a1
 
 
