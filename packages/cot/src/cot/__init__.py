@@ -4,20 +4,15 @@ Importing the package registers cotnet50, cotnet101, cotnext50_2x48d, cotnext101
 se_cotnetd_101 and se_cotnetd_152 with timm.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 from cot.aggregation import local_aggregate
 from cot.convert import CotConverter
 from cot.cot_layer import ABLATIONS, CotLayer, CoXtLayer
 from cot.cotnet import CotBottleneck, CoTNet
 from cot.se_conv import SeConv2d
 from cot.surgery import replace_conv3x3
-from ctxnets_shared.packages import CtxnetsPackage
+from ctxnets_shared.packages import CtxnetsPackage, distribution_version
 
-try:
-    __version__ = version("cotnet")
-except PackageNotFoundError:
-    __version__ = "0.0.0"
+__version__ = distribution_version("cotnet")
 
 MODELS = (
     "cotnet50",
