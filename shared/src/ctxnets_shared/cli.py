@@ -21,7 +21,7 @@ import torch
 from ctxnets_shared import __version__
 from ctxnets_shared.layers import UnknownAttnLayerError, list_attn_layers
 from ctxnets_shared.models.cfg import paper_numbers
-from ctxnets_shared.packages import UnknownModelError, discover_packages, find_model
+from ctxnets_shared.packages import UnknownModelError, discover_packages, distribution_version, find_model
 from ctxnets_shared.profiling import benchmark, count_params
 from ctxnets_shared.weights.errors import CheckpointMismatchError, WeightsFileError
 from ctxnets_shared.weights.io import atomic_write
@@ -75,9 +75,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("no ctxnets packages are installed (pip install cotnet gcnet hiri-vit container care-ssl)")
         return 0
     for pkg in pkgs.values():
-        from importlib.metadata import version
-
-        print(f"{pkg.distribution} {version(pkg.distribution)} (import {pkg.import_name}): {pkg.paper}")
+        dist = f"{pkg.distribution} {distribution_version(pkg.distribution)}"
+        print(f"{dist} (import {pkg.import_name}): {pkg.paper}")
         print(f"  models: {', '.join(pkg.models) if pkg.models else '(none yet)'}")
         if pkg.attn_layers:
             print(f"  attention layers: {', '.join(pkg.attn_layers)}")
@@ -174,7 +173,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     names = [_resolve_model_name(n) for n in [*args.model, *args.vs]]
-    peer = _resolve_model_name(args.vs[0])
+    peer = names[len(args.model)]
     modes = ["infer", "train"] if args.mode == "both" else [args.mode]
     compiles = [False, True] if args.compile == "both" else [args.compile == "on"]
     if args.threads:

@@ -4,7 +4,6 @@ from ctxnets_shared.layers.attention2d import MultiHeadSelfAttention2d
 from ctxnets_shared.layers.attn_registry import (
     AttnLayerSpec,
     UnknownAttnLayerError,
-    attn_layer_factory,
     create_attn_layer,
     list_attn_layers,
     register_attn_layer,
@@ -17,7 +16,6 @@ __all__ = [
     "ConvNormAct",
     "MultiHeadSelfAttention2d",
     "UnknownAttnLayerError",
-    "attn_layer_factory",
     "create_attn_layer",
     "list_attn_layers",
     "register_attn_layer",

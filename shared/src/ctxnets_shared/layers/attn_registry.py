@@ -9,7 +9,6 @@ triggers discovery of installed packages through the ``ctxnets.packages`` entry-
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any, Union
 
@@ -121,11 +120,3 @@ def create_attn_layer(attn_layer: AttnLayerSpec, channels: int, **kwargs: Any) -
     if factory is None:
         return None
     return factory(channels, **kwargs)
-
-
-def attn_layer_factory(attn_layer: AttnLayerSpec, **kwargs: Any) -> AttnFactory | None:
-    """Resolve once and bind kwargs: the form a block constructor takes (``attn_layer(channels)``)."""
-    factory = resolve_attn_layer(attn_layer)
-    if factory is None:
-        return None
-    return functools.partial(factory, **kwargs) if kwargs else factory
