@@ -6,6 +6,7 @@ import pytest
 import torch
 from reference import aggregate_reference
 
+from cot import aggregation
 from cot.aggregation import _shift_accumulate, local_aggregate, normed_local_aggregate
 
 SHAPES = [  # (B, C, M, H, W, K): batch 1, odd and non-square sizes, 1x1 maps, 5x5 windows
@@ -95,3 +96,28 @@ def test_bad_shapes_raise():
         local_aggregate(v, w[:, :3], 3)
     with pytest.raises(ValueError, match="K\\*K"):
         local_aggregate(v, w, 5)
+
+
+@pytest.mark.parametrize("accumulate_min_numel", [0, 1 << 30])
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[2], SHAPES[3]])
+def test_both_weight_gradient_strategies_match_reference(shape, accumulate_min_numel, monkeypatch):
+    # large maps accumulate d out / d w channel slice by channel slice, small ones use one sum per tap
+    monkeypatch.setattr(aggregation, "ACCUMULATE_MIN_NUMEL", accumulate_min_numel)
+    v, w = _inputs(*shape)
+    K = shape[-1]
+    out = local_aggregate(v, w, K)
+    ref = aggregate_reference(v, w, K)
+    grad = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (v, w), grad), torch.autograd.grad(ref, (v, w), grad)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_eager_and_traceable_kernels_agree(shape):
+    # inference in eager mode skips the padded copy; TorchScript/ONNX/compile use the padded kernel
+    v, w = _inputs(*shape)
+    K = shape[-1]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            aggregation._shift_accumulate_eager(v, w, K), _shift_accumulate(v, w, K), rtol=1e-6, atol=1e-6
+        )

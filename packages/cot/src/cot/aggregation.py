@@ -2,18 +2,19 @@
 
 The dynamic context of a CoT block (Li et al., "Contextual Transformer Networks for Visual Recognition",
 TPAMI, Eq. 3) multiplies each value channel's K x K neighbourhood by attention weights that differ per
-pixel. The official code runs this as a CuPy CUDA kernel; here it is shift-and-accumulate: pad the value
-once, then for each of the K*K offsets accumulate ``shifted value * weight`` into the output in place.
-Nothing of size K*K times the value tensor is ever materialised.
+pixel. The official code runs this as a CuPy CUDA kernel; here it is shift-and-accumulate: the centre tap
+starts the output and each of the other K*K - 1 offsets adds ``shifted value * weight`` into the window
+it reaches, in place. Nothing of size K*K times the value tensor is ever materialised, and in eager mode
+not even a padded copy of the value.
 
 Channel sharing is strided: with ``M`` weight maps, value channel ``c`` uses map ``c % M`` (the CUDA
 kernel's indexing). Viewing the value as ``(B, C // M, M, H, W)`` lines channel ``c = r * M + m`` up
 with map ``m`` by broadcasting, so the shared weights are never repeated in memory.
 
 Training goes through a custom autograd function whose backward writes each tap's gradient straight into
-preallocated buffers: left to autograd, every slice and broadcast of the forward would allocate and
-zero-fill a full-size gradient per tap. TorchScript, tracing (ONNX export) and inference use the plain
-shift-and-accumulate ops, which autograd also differentiates correctly.
+its window of one output buffer: left to autograd, every slice and broadcast of the forward would allocate
+and zero-fill a full-size gradient per tap. TorchScript, tracing (ONNX export) and torch.compile use a
+padded variant made only of whole-tensor ops, which autograd also differentiates correctly.
 """
 
 from __future__ import annotations
@@ -63,12 +64,48 @@ def _shift_accumulate(value: torch.Tensor, weight: torch.Tensor, kernel_size: in
     return out.view(B, C, H, W)
 
 
+def _tap_regions(
+    H: int, W: int, kernel_size: int
+) -> list[tuple[int, tuple[int, int, int, int], tuple[int, int, int, int]]]:
+    """For each off-centre tap t: the output window it reaches and the input window it reads.
+
+    Windows are ``(h0, h1, w0, w1)``; taps whose window is empty (maps smaller than the offset) are left
+    out, because everything they would read is zero padding.
+    """
+    pad = kernel_size // 2
+    regions = []
+    for t in range(kernel_size * kernel_size):
+        di, dj = t // kernel_size - pad, t % kernel_size - pad
+        if di == 0 and dj == 0:
+            continue
+        h0, h1 = max(0, -di), min(H, H - di)
+        w0, w1 = max(0, -dj), min(W, W - dj)
+        if h0 < h1 and w0 < w1:
+            regions.append((t, (h0, h1, w0, w1), (h0 + di, h1 + di, w0 + dj, w1 + dj)))
+    return regions
+
+
+def _shift_accumulate_eager(value: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    # as _shift_accumulate, without the padded copy of the value: the centre tap initialises the output
+    # and every other tap adds into the window it reaches (in-place updates of slices, which tracing and
+    # TorchScript export would not express, hence eager only)
+    B, C, H, W = value.shape
+    M = weight.shape[1]
+    v = value.view(B, C // M, M, H, W)
+    w = weight.unsqueeze(1)
+    centre = (kernel_size * kernel_size) // 2
+    out = v * w[:, :, :, centre]
+    for t, (h0, h1, w0, w1), (a0, a1, b0, b1) in _tap_regions(H, W, kernel_size):
+        out[..., h0:h1, w0:w1].addcmul_(v[..., a0:a1, b0:b1], w[:, :, :, t, h0:h1, w0:w1])
+    return out.view(B, C, H, W)
+
+
 class _LocalAggregate(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, value: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
         ctx.save_for_backward(value, weight)
         ctx.kernel_size = kernel_size
-        return _shift_accumulate(value, weight, kernel_size)
+        return _shift_accumulate_eager(value, weight, kernel_size)
 
     @staticmethod
     @once_differentiable
@@ -79,6 +116,11 @@ class _LocalAggregate(torch.autograd.Function):
             grad_out, value, weight, ctx.kernel_size, need[0], need[1]
         )
         return grad_value, grad_weight, None
+
+
+#: Above this many elements in one of the R channel slices, d out / d w is accumulated slice by slice
+#: (the tap's gradient stays in cache); below it one product and one sum per tap cost fewer calls.
+ACCUMULATE_MIN_NUMEL = 1 << 16
 
 
 def _aggregate_backward(
@@ -93,25 +135,41 @@ def _aggregate_backward(
     M = weight.shape[1]
     R = C // M
     K = kernel_size
-    pad = K // 2
+    centre = (K * K) // 2
+    regions = _tap_regions(H, W, K)
     g = g.contiguous().view(B, R, M, H, W)
+    v = value.view(B, R, M, H, W)
     grad_value = grad_weight = None
     if need_value:
-        # d out / d v: scatter each tap back to where its shifted value came from
-        gv = torch.zeros(B, R, M, H + 2 * pad, W + 2 * pad, dtype=g.dtype, device=g.device)
+        # d out / d v: each tap's contribution goes back to the window its shifted value came from
         w = weight.unsqueeze(1)
-        for t in range(K * K):
-            i, j = divmod(t, K)
-            gv[:, :, :, i : i + H, j : j + W].addcmul_(g, w[:, :, :, t])
-        grad_value = gv[:, :, :, pad : pad + H, pad : pad + W].reshape(B, C, H, W).to(value.dtype)
+        gv = g * w[:, :, :, centre]
+        for t, (h0, h1, w0, w1), (a0, a1, b0, b1) in regions:
+            gv[..., a0:a1, b0:b1].addcmul_(g[..., h0:h1, w0:w1], w[:, :, :, t, h0:h1, w0:w1])
+        grad_value = gv.view(B, C, H, W).to(value.dtype)
     if need_weight:
-        # d out / d w: each map's weight collects from the R channels sharing it
-        v = F.pad(value, [pad, pad, pad, pad]).view(B, R, M, H + 2 * pad, W + 2 * pad)
-        grad_weight = torch.empty(B, M, K * K, H, W, dtype=g.dtype, device=g.device)
-        for t in range(K * K):
-            i, j = divmod(t, K)
-            torch.sum(g * v[:, :, :, i : i + H, j : j + W], dim=1, out=grad_weight[:, :, t])
-        grad_weight = grad_weight.to(weight.dtype)
+        # d out / d w: each map's weight collects from the R channels sharing it; outside a tap's
+        # window it read zero padding, so its gradient there is zero
+        gw = torch.empty(B, M, K * K, H, W, dtype=g.dtype, device=g.device)
+        taps = [(centre, (0, H, 0, W), (0, H, 0, W)), *regions]
+        for t in set(range(K * K)) - {tap[0] for tap in taps}:
+            gw[:, :, t].zero_()
+        accumulate = B * M * H * W >= ACCUMULATE_MIN_NUMEL
+        for t, (h0, h1, w0, w1), (a0, a1, b0, b1) in taps:
+            plane = gw[:, :, t]
+            plane[..., :h0, :].zero_()
+            plane[..., h1:, :].zero_()
+            plane[..., h0:h1, :w0].zero_()
+            plane[..., h0:h1, w1:].zero_()
+            out = plane[..., h0:h1, w0:w1]
+            gs, vs = g[..., h0:h1, w0:w1], v[..., a0:a1, b0:b1]
+            if accumulate:
+                torch.mul(gs[:, 0], vs[:, 0], out=out)
+                for r in range(1, R):
+                    out.addcmul_(gs[:, r], vs[:, r])
+            else:
+                torch.sum(gs * vs, dim=1, out=out)
+        grad_weight = gw.to(weight.dtype)
     return grad_value, grad_weight
 
 
@@ -144,7 +202,7 @@ class _NormedLocalAggregate(torch.autograd.Function):
         ctx.args = (num_maps, eps, kernel_size, groups)
         w = _group_norm_fp32(logits, num_maps, gn_weight, gn_bias, eps, value.dtype)
         B, _, H, W = logits.shape
-        return _shift_accumulate(value, w.view(B * groups, num_maps // groups, -1, H, W), kernel_size)
+        return _shift_accumulate_eager(value, w.view(B * groups, num_maps // groups, -1, H, W), kernel_size)
 
     @staticmethod
     @once_differentiable
@@ -216,6 +274,7 @@ def normed_local_aggregate(
             return _NormedLocalAggregate.apply(
                 value.to(dtype), logits, gn_weight, gn_bias, num_maps, eps, kernel_size, groups
             )
+    # local_aggregate picks the eager or the traceable kernel
     dtype = torch.promote_types(value.dtype, logits.dtype)
     w = _group_norm_fp32(logits, num_maps, gn_weight, gn_bias, eps, dtype)
     return local_aggregate(value, w.view(B * groups, num_maps // groups, -1, H, W), kernel_size)
@@ -239,11 +298,9 @@ def local_aggregate(value: torch.Tensor, weight: torch.Tensor, kernel_size: int 
     value = value.to(dtype)
     weight = weight.to(dtype)
     if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
-        if (
-            not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling()
-            and torch.is_grad_enabled()
-            and (value.requires_grad or weight.requires_grad)
-        ):
-            return _LocalAggregate.apply(value, weight, kernel_size)
+        if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+            if torch.is_grad_enabled() and (value.requires_grad or weight.requires_grad):
+                return _LocalAggregate.apply(value, weight, kernel_size)
+            return _shift_accumulate_eager(value, weight, kernel_size)
+    # TorchScript, tracing (ONNX) and torch.compile: padded, whole-tensor ops only
     return _shift_accumulate(value, weight, kernel_size)

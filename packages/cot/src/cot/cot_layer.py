@@ -62,19 +62,17 @@ class _SiluFusion(torch.autograd.Function):
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         u, k, a0, a1 = ctx.saved_tensors
         need = ctx.needs_input_grad
-        B, C = u.shape[0], u.shape[1]
         grad_u = grad_k = grad_a0 = grad_a1 = None
         if need[0]:
             grad_u = torch.ops.aten.silu_backward(g * a0, u).to(u.dtype)
         if need[1]:
             grad_k = (g * a1).to(k.dtype)
-        # per-(batch, channel) dot products over H*W, as batched matrix products (one pass each)
-        gf = g.reshape(B * C, 1, -1)
+        # per-(batch, channel) dot products over H*W (vecdot reads each operand once, no product tensor)
+        gf = g.flatten(2)
         if need[2]:
-            v = F.silu(u).to(g.dtype).reshape(B * C, -1, 1)
-            grad_a0 = torch.bmm(gf, v).view(a0.shape).to(a0.dtype)
+            grad_a0 = torch.linalg.vecdot(gf, F.silu(u).to(g.dtype).flatten(2)).view(a0.shape).to(a0.dtype)
         if need[3]:
-            grad_a1 = torch.bmm(gf, k.to(g.dtype).reshape(B * C, -1, 1)).view(a1.shape).to(a1.dtype)
+            grad_a1 = torch.linalg.vecdot(gf, k.to(g.dtype).flatten(2)).view(a1.shape).to(a1.dtype)
         return grad_u, grad_k, grad_a0, grad_a1
 
 
@@ -115,8 +113,9 @@ class CotLayer(nn.Module):
         fusion: "attn" (CoT), "sum" (Linear Fusion) or "concat" (Concatenate + 1x1 conv), Table 5.
         attn_input: "qk" (CoT), "k" (Remove Query) or "q" (Remove Key), Table 6.
         qkv_3x3: 3x3 convs for query (groups 4), key and value (groups 2), Table 6 "3x3*".
-        memory_efficient: in training, recompute the element-wise tail of the layer (value BN, GroupNorm,
-            aggregation, BN, fusion) in backward rather than store it; same results, less memory.
+        memory_efficient: in training keep only the outputs of the convolutions on x and recompute the
+            rest of the layer (element-wise work and two small 1x1 convs) in backward; same results,
+            less memory.
     """
 
     def __init__(
@@ -212,37 +211,67 @@ class CotLayer(nn.Module):
             nn.Conv2d(attn_chs, radix * dim, 1),
         )
 
-    def _attention_logits(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """The attention embedding up to (not including) its GroupNorm: (B, K*K*M, H, W)."""
+    def _query_embed(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The query's half of the attention embedding's first conv, (B, C / factor, H, W), or None.
+
+        conv([q, k]) is computed as conv(q) + conv(k) on the split weight: the same result without the
+        2C-channel concatenation. CoXt interleaves q and k channel by channel.
+        """
+        if self.attn_input == "k":
+            return None
         q = x
         if self.conv_q is not None:
             q = self.conv_q(x)
-        if self.attn_input == "k":
-            h = self.embed[0](k)
-        elif self.attn_input == "q":
-            h = self.embed[0](q)
-        else:
-            # conv([q, k]) as two convs on q and k: same result without the 2C-channel copy that
-            # training would keep for backward. CoXt interleaves q and k channel by channel.
-            weight = self.embed[0].weight
-            if self.interleave_qk:
-                wq, wk = weight[:, 0::2], weight[:, 1::2]
-            else:
-                wq, wk = weight[:, : self.dim], weight[:, self.dim :]
-            h = F.conv2d(q, wq, groups=self.groups) + F.conv2d(k, wk, groups=self.groups)
-        return self.embed[3](self.embed[2](self.embed[1](h)))
+        weight = self.embed[0].weight
+        if self.attn_input == "q":
+            return F.conv2d(q, weight, groups=self.groups)
+        wq = weight[:, 0::2] if self.interleave_qk else weight[:, : self.dim]
+        return F.conv2d(q, wq, groups=self.groups)
 
-    def _dynamic_context_and_fusion(
-        self, z: torch.Tensor, logits: torch.Tensor, k: torch.Tensor, update_stats: bool = True
-    ) -> torch.Tensor:
-        """Steps 4-6 from the value conv's output z and the attention logits: (B, C, H, W)."""
-        B, C, H, W = k.shape
-        g = self.groups
-        bn_v = self.conv1x1[1]
-        if update_stats or not self.training:
-            value = bn_v(z)
+    def _attention_logits(self, hq: torch.Tensor | None, k: torch.Tensor, update_stats: bool) -> torch.Tensor:
+        """The attention embedding up to (not including) its GroupNorm: (B, K*K*M, H, W)."""
+        weight = self.embed[0].weight
+        if hq is None:
+            h = F.conv2d(k, weight, groups=self.groups)
+        elif self.attn_input == "q":
+            h = hq
         else:
-            value = _bn_recompute(z, bn_v.running_mean, bn_v.running_var, bn_v.weight, bn_v.bias, bn_v.eps)
+            wk = weight[:, 1::2] if self.interleave_qk else weight[:, self.dim :]
+            h = hq + F.conv2d(k, wk, groups=self.groups)
+        bn = self.embed[1]
+        if update_stats or not self.training:
+            h = bn(h)
+        else:
+            h = _bn_recompute(h, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+        return self.embed[3](self.embed[2](h))
+
+    def _context(
+        self, k_pre: torch.Tensor, z: torch.Tensor, hq: torch.Tensor | None, update_stats: bool = True
+    ) -> torch.Tensor:
+        """Everything after the three convolutions on x: (B, C, H, W).
+
+        Args:
+            k_pre: the static key conv's output (before its BN).
+            z: the value conv's output (before its BN).
+            hq: :meth:`_query_embed` of x.
+            update_stats: False when recomputing in backward (BN running statistics move once).
+        """
+        B, C, H, W = k_pre.shape
+        g = self.groups
+        # a recomputation pass must not move the BN running statistics a second time
+        update_stats = update_stats or not self.training
+        bn = self.key_embed[1]
+        if update_stats:
+            k = bn(k_pre)
+        else:
+            k = _bn_recompute(k_pre, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+        k = self.key_embed[2](k)
+        logits = self._attention_logits(hq, k, update_stats)
+        bn = self.conv1x1[1]
+        if update_stats:
+            value = bn(z)
+        else:
+            value = _bn_recompute(z, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
         v = normed_local_aggregate(
             value.view(B * g, C // g, H, W),
             logits,
@@ -254,7 +283,7 @@ class CotLayer(nn.Module):
             g,
         )
         v = v.view(B, C, H, W)
-        if update_stats or not self.training:
+        if update_stats:
             u = self.bn(v)
         else:
             u = _bn_recompute(
@@ -263,11 +292,11 @@ class CotLayer(nn.Module):
         if self.se is not None:
             gap = (F.silu(u) + k).mean((2, 3), keepdim=True)
             a = self.se[0](gap)
-            if update_stats or not self.training:
-                a = self.se[1](a)
+            bn = self.se[1]
+            if update_stats:
+                a = bn(a)
             else:
-                bn_a = self.se[1]
-                a = _bn_recompute(a, bn_a.running_mean, bn_a.running_var, bn_a.weight, bn_a.bias, bn_a.eps)
+                a = _bn_recompute(a, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
             a = self.se[3](self.se[2](a))
             # channel 2c of the fusion logits weighs K2 at channel c, channel 2c + 1 weighs K1
             a = a.view(B, C, self.radix).softmax(dim=2)
@@ -280,24 +309,27 @@ class CotLayer(nn.Module):
         return v + k  # Linear Fusion
 
     @torch.jit.unused
-    def _checkpointed(self, z: torch.Tensor, logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        # Everything from the value BN to the output is element-wise or tiny, so it is recomputed in
-        # backward instead of keeping value, aggregate and BN output: three activations fewer per layer.
+    def _checkpointed(self, k_pre: torch.Tensor, z: torch.Tensor, hq: torch.Tensor | None) -> torch.Tensor:
+        # Only the convolutions' outputs on x are kept; the key's BN/ReLU, the attention embedding after
+        # its query half (one 1x1 conv on k, BN, ReLU, the logits conv), the GroupNorm, the aggregation
+        # and the fusion are recomputed in backward: element-wise work and two small 1x1 convs, in
+        # exchange for five activations fewer per layer (K1, the embedding's BN input and output, the
+        # logits and the aggregate).
         calls = [0]
 
-        def run(z: torch.Tensor, logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        def run(k_pre: torch.Tensor, z: torch.Tensor, hq: torch.Tensor | None) -> torch.Tensor:
             calls[0] += 1
-            return self._dynamic_context_and_fusion(z, logits, k, update_stats=calls[0] == 1)
+            return self._context(k_pre, z, hq, update_stats=calls[0] == 1)
 
-        return torch.utils.checkpoint.checkpoint(run, z, logits, k, use_reentrant=False)
+        return torch.utils.checkpoint.checkpoint(run, k_pre, z, hq, use_reentrant=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
-        k = self.key_embed(x)
+        k_pre = self.key_embed[0](x)
         if self.embed is None:
-            return k  # Static Context ablation
+            return self.key_embed[2](self.key_embed[1](k_pre))  # Static Context ablation
         z = self.conv1x1[0](x)
-        logits = self._attention_logits(x, k)
+        hq = self._query_embed(x)
         if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
             if (
                 self.memory_efficient
@@ -306,8 +338,8 @@ class CotLayer(nn.Module):
                 and not torch.jit.is_tracing()
                 and not torch.compiler.is_compiling()  # the compiler plans recomputation itself
             ):
-                return self._checkpointed(z, logits, k)
-        return self._dynamic_context_and_fusion(z, logits, k)
+                return self._checkpointed(k_pre, z, hq)
+        return self._context(k_pre, z, hq)
 
 
 class CoXtLayer(CotLayer):
