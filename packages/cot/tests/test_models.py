@@ -235,3 +235,27 @@ def test_bad_input_is_a_clear_error(shape, match):
 def test_drop_path_and_dropout_train():
     model = timm.create_model("cotnet50", drop_rate=0.2, drop_path_rate=0.1, num_classes=5).train()
     assert model(_x()).shape == (2, 5)
+
+
+def test_recompute_stages_choose_memory_efficient_layers():
+    def flags(model):
+        stages = (model.layer1, model.layer2, model.layer3, model.layer4)
+        return [{m.memory_efficient for m in s.modules() if isinstance(m, cot.CotLayer)} for s in stages]
+
+    assert flags(timm.create_model("cotnet50")) == [{True}, {True}, {False}, {False}]
+    assert flags(timm.create_model("cotnet50", recompute_stages=(3,))) == [{False}, {False}, {False}, {True}]
+    everywhere = timm.create_model("cotnet50", cot_kwargs=dict(memory_efficient=True))
+    assert flags(everywhere) == [{True}] * 4
+    # recomputation changes memory, not results: same loss gradients as a model storing everything
+    torch.manual_seed(0)
+    plain = timm.create_model("cotnet50", num_classes=10, recompute_stages=()).train()
+    fast = copy.deepcopy(plain)
+    for m in fast.modules():
+        if isinstance(m, cot.CotLayer):
+            m.memory_efficient = True
+    x = _x(2)
+    losses = [m(x).logsumexp(1).sum() for m in (plain, fast)]
+    torch.testing.assert_close(losses[0], losses[1])
+    grads = [torch.autograd.grad(loss, list(m.parameters())) for loss, m in zip(losses, (plain, fast))]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

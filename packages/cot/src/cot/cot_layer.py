@@ -48,14 +48,15 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 
 
 class _SiluFusion(torch.autograd.Function):
-    """``SiLU(u) * a0 + k * a1`` keeping ``u`` rather than ``SiLU(u)`` for backward (one activation fewer)."""
+    """``s * a0 + k * a1`` with ``s = SiLU(u)`` given, keeping ``u`` rather than ``s`` for backward (one
+    activation fewer: ``u`` is kept anyway for the SiLU in the fusion's pooled input)."""
 
     @staticmethod
     def forward(
-        ctx: Any, u: torch.Tensor, k: torch.Tensor, a0: torch.Tensor, a1: torch.Tensor
+        ctx: Any, u: torch.Tensor, s: torch.Tensor, k: torch.Tensor, a0: torch.Tensor, a1: torch.Tensor
     ) -> torch.Tensor:
         ctx.save_for_backward(u, k, a0, a1)
-        return torch.addcmul(k * a1, F.silu(u), a0)
+        return torch.mul(s, a0).addcmul_(k, a1)
 
     @staticmethod
     @once_differentiable
@@ -65,15 +66,15 @@ class _SiluFusion(torch.autograd.Function):
         grad_u = grad_k = grad_a0 = grad_a1 = None
         if need[0]:
             grad_u = torch.ops.aten.silu_backward(g * a0, u).to(u.dtype)
-        if need[1]:
+        if need[2]:
             grad_k = (g * a1).to(k.dtype)
         # per-(batch, channel) dot products over H*W (vecdot reads each operand once, no product tensor)
         gf = g.flatten(2)
-        if need[2]:
-            grad_a0 = torch.linalg.vecdot(gf, F.silu(u).to(g.dtype).flatten(2)).view(a0.shape).to(a0.dtype)
         if need[3]:
+            grad_a0 = torch.linalg.vecdot(gf, F.silu(u).to(g.dtype).flatten(2)).view(a0.shape).to(a0.dtype)
+        if need[4]:
             grad_a1 = torch.linalg.vecdot(gf, k.to(g.dtype).flatten(2)).view(a1.shape).to(a1.dtype)
-        return grad_u, grad_k, grad_a0, grad_a1
+        return grad_u, None, grad_k, grad_a0, grad_a1
 
 
 def _bn_recompute(
@@ -89,11 +90,16 @@ def _bn_recompute(
     return F.batch_norm(x, running_mean.clone(), running_var.clone(), weight, bias, True, 0.1, eps)
 
 
-def _silu_fusion(u: torch.Tensor, k: torch.Tensor, a0: torch.Tensor, a1: torch.Tensor) -> torch.Tensor:
+def _silu_fusion(
+    u: torch.Tensor, s: torch.Tensor, k: torch.Tensor, a0: torch.Tensor, a1: torch.Tensor
+) -> torch.Tensor:
+    """Radix-2 fusion ``SiLU(u) * a0 + k * a1`` given ``s = SiLU(u)``: (B, C, H, W)."""
     if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
-        if not torch.jit.is_tracing() and not torch.compiler.is_compiling() and torch.is_grad_enabled():
-            return _SiluFusion.apply(u, k, a0, a1)
-    return F.silu(u) * a0 + k * a1
+        if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+            if torch.is_grad_enabled():
+                return _SiluFusion.apply(u, s.detach(), k, a0, a1)
+            return s.mul_(a0).addcmul_(k, a1)  # inference: s is not needed afterwards
+    return s * a0 + k * a1
 
 
 class CotLayer(nn.Module):
@@ -290,7 +296,8 @@ class CotLayer(nn.Module):
                 v, self.bn.running_mean, self.bn.running_var, self.bn.weight, self.bn.bias, self.bn.eps
             )
         if self.se is not None:
-            gap = (F.silu(u) + k).mean((2, 3), keepdim=True)
+            s = F.silu(u)
+            gap = s.mean((2, 3), keepdim=True) + k.mean((2, 3), keepdim=True)
             a = self.se[0](gap)
             bn = self.se[1]
             if update_stats:
@@ -300,7 +307,7 @@ class CotLayer(nn.Module):
             a = self.se[3](self.se[2](a))
             # channel 2c of the fusion logits weighs K2 at channel c, channel 2c + 1 weighs K1
             a = a.view(B, C, self.radix).softmax(dim=2)
-            return _silu_fusion(u, k, a[:, :, 0].view(B, C, 1, 1), a[:, :, 1].view(B, C, 1, 1))
+            return _silu_fusion(u, s, k, a[:, :, 0].view(B, C, 1, 1), a[:, :, 1].view(B, C, 1, 1))
         v = self.act(u)
         if self.context == "dynamic":
             return v

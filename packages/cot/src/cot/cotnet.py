@@ -134,6 +134,10 @@ class CoTNet(nn.Module):
         attn_layer: attention module inserted after bn3 of every block of ``attn_stages``.
         attn_stages: 0-based stage indices (0 = ``layer1``) that get ``attn_layer``.
         cot_kwargs: options for every CoT layer (see :data:`cot.cot_layer.ABLATIONS`).
+        recompute_stages: 0-based stages whose CoT layers recompute their element-wise part in backward
+            (``CotLayer(memory_efficient=True)``). The default, the two high-resolution stages, holds most
+            of the activation memory; on the small maps of the later stages recomputing saves little
+            memory for its time. ``cot_kwargs["memory_efficient"]`` overrides it for every stage.
         zero_init_last: zero-initialise each block's bn3 weight.
     """
 
@@ -155,6 +159,7 @@ class CoTNet(nn.Module):
         attn_layer: AttnLayerSpec = None,
         attn_stages: Sequence[int] = (0, 1, 2, 3),
         cot_kwargs: dict[str, Any] | None = None,
+        recompute_stages: Sequence[int] = (0, 1),
         zero_init_last: bool = True,
     ) -> None:
         super().__init__()
@@ -208,7 +213,7 @@ class CoTNet(nn.Module):
                         blur_down=blur_down,
                         attn_layer=attn_layer if stage_idx in attn_stages else None,
                         drop_path=drop_path_rate * block_idx / max(total_blocks - 1, 1),
-                        cot_kwargs=cot_kwargs,
+                        cot_kwargs={"memory_efficient": stage_idx in recompute_stages, **(cot_kwargs or {})},
                     )
                 )
                 in_chs = out_chs
