@@ -154,6 +154,21 @@ def test_bench_command_writes_side_by_side(tmp_path: Path, capsys: pytest.Captur
     assert [r["name"] for r in data["results"]] == ["resnet18", "resnet34"]
 
 
+def test_bench_runs_each_setting_in_its_own_process(tmp_path: Path) -> None:
+    # the CPU memory measurement changes glibc's allocator for the rest of a process, so a second
+    # setting must not be timed in the same one: every row still comes back, in setting order
+    argv = ["bench", "resnet18", "--vs", "resnet34", "--batch-size", "2", "--img-size", "32"]
+    argv += ["--mode", "both", "--compile", "off", "--repeats", "1", "--warmup", "1", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    rows = json.loads((tmp_path / "bench.json").read_text())["results"]
+    assert [(r["mode"], r["name"]) for r in rows] == [
+        ("infer", "resnet18"),
+        ("infer", "resnet34"),
+        ("train", "resnet18"),
+        ("train", "resnet34"),
+    ]
+
+
 def test_console_script_installed() -> None:
     exe = shutil.which("ctxnets")
     assert exe is not None, "the ctxnets console script is not on PATH"

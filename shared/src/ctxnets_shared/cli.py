@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from ctxnets_shared import __version__
 from ctxnets_shared.layers import UnknownAttnLayerError, list_attn_layers
 from ctxnets_shared.models.cfg import paper_numbers
 from ctxnets_shared.packages import UnknownModelError, discover_packages, distribution_version, find_model
-from ctxnets_shared.profiling import benchmark, count_params
+from ctxnets_shared.profiling import BenchResult, benchmark, count_params
 from ctxnets_shared.weights.errors import CheckpointMismatchError, WeightsFileError
 from ctxnets_shared.weights.io import atomic_write
 
@@ -171,6 +173,29 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 # ---- bench -------------------------------------------------------------------------------------
 
 
+def _bench_argv(args: argparse.Namespace, mode: str, compiled: bool, out: str) -> list[str]:
+    argv = [*args.model, "--vs", *args.vs, "--mode", mode, "--compile", "on" if compiled else "off"]
+    argv += ["--batch-size", str(args.batch_size), "--img-size", str(args.img_size), "--device", args.device]
+    argv += ["--warmup", str(args.warmup), "--repeats", str(args.repeats), "--out", out]
+    if args.threads:
+        argv += ["--threads", str(args.threads)]
+    if args.channels_last:
+        argv.append("--channels-last")
+    return [sys.executable, "-m", "ctxnets_shared.cli", "bench", *argv]
+
+
+def _bench_in_subprocess(args: argparse.Namespace, mode: str, compiled: bool) -> list[BenchResult]:
+    # The CPU memory measurement leaves glibc returning every freed block to the system, which would
+    # slow the timing of any later setting in the same process (page faults on every allocation), so
+    # each setting runs in a process of its own.
+    with tempfile.TemporaryDirectory(prefix="ctxnets-bench-") as tmp:
+        proc = subprocess.run(_bench_argv(args, mode, compiled, tmp), stdout=subprocess.DEVNULL, check=False)
+        if proc.returncode != 0:
+            raise UserError(f"the {mode}/{'compiled' if compiled else 'eager'} run failed (see above)")
+        data = json.loads((Path(tmp) / "bench.json").read_text())
+    return [BenchResult(**r) for r in data["results"]]
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     names = [_resolve_model_name(n) for n in [*args.model, *args.vs]]
     peer = names[len(args.model)]
@@ -178,9 +203,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     compiles = [False, True] if args.compile == "both" else [args.compile == "on"]
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = []
+    results: list[BenchResult] = []
     for mode in modes:
         for compiled in compiles:
+            if len(modes) * len(compiles) > 1:
+                results += _bench_in_subprocess(args, mode, compiled)
+                continue
             # fresh models per setting: compiled wrappers and optimiser state must not leak across settings
             models = {n: timm.create_model(n, pretrained=False) for n in dict.fromkeys(names)}
             label = f"{mode}, {'compiled' if compiled else 'eager'}"

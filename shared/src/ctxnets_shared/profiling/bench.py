@@ -6,7 +6,9 @@ them alike), and the median over repeats is kept. Peak memory is the CUDA alloca
 is the largest growth of the process's resident set during one step, sampled by a background thread.
 For that to track live tensors, glibc is told to serve large blocks with mmap (returned to the system on
 free) and the heap is trimmed before each measured step; this happens after all timing, so it does not
-change the timed allocator behaviour.
+change the timed allocator behaviour -- but it stays so for the rest of the process, where every later
+allocation then page-faults: time other settings in a new process (``ctxnets bench`` runs each
+mode/compile setting in its own).
 """
 
 from __future__ import annotations
