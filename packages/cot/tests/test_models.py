@@ -259,3 +259,18 @@ def test_recompute_stages_choose_memory_efficient_layers():
     grads = [torch.autograd.grad(loss, list(m.parameters())) for loss, m in zip(losses, (plain, fast))]
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_matches_contiguous():
+    # `ctxnets bench --channels-last` and users' channels-last training go through the same kernels
+    model = _shared("cotnet50")
+    x = _x(2)
+    with torch.no_grad():
+        ref = model(x)
+        out = copy.deepcopy(model).to(memory_format=torch.channels_last)(
+            x.to(memory_format=torch.channels_last)
+        )
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    train = copy.deepcopy(model).train().to(memory_format=torch.channels_last)
+    train(x.to(memory_format=torch.channels_last)).logsumexp(1).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in train.parameters())
