@@ -6,6 +6,7 @@ import math
 
 import pytest
 import timm
+import torch
 
 from ctxnets_shared.profiling import benchmark, count_gflops, count_params
 
@@ -46,6 +47,26 @@ def test_benchmark_two_models(mode: str) -> None:
     if mode == "train":
         # a training step keeps every activation for backward: ResNet-50 needs more than ResNet-18
         assert by["resnet50"].peak_mem_mb > by["resnet18"].peak_mem_mb
+
+
+class _Scratch(torch.nn.Module):
+    """Holds a 16 MiB scratch tensor and an 8 MiB one at once, then returns a tiny output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.ones(4 * 2**20, dtype=torch.float32)  # 16 MiB
+        b = torch.ones(2 * 2**20, dtype=torch.float32)  # 8 MiB
+        return (a.sum() + b.sum()) * self.scale * x.mean()
+
+
+def test_cpu_peak_memory_counts_tensor_allocations_exactly() -> None:
+    # 24 MiB live at once, plus the input's mean and a few scalars; the same on every run
+    runs = [benchmark({"s": _Scratch()}, batch_size=1, img_size=8, warmup=1, repeats=1)[0] for _ in range(2)]
+    assert 24.0 <= runs[0].peak_mem_mb < 24.1
+    assert runs[0].peak_mem_mb == runs[1].peak_mem_mb
 
 
 def test_benchmark_rejects_bad_settings() -> None:

@@ -185,9 +185,8 @@ def _bench_argv(args: argparse.Namespace, mode: str, compiled: bool, out: str) -
 
 
 def _bench_in_subprocess(args: argparse.Namespace, mode: str, compiled: bool) -> list[BenchResult]:
-    # The CPU memory measurement leaves glibc returning every freed block to the system, which would
-    # slow the timing of any later setting in the same process (page faults on every allocation), so
-    # each setting runs in a process of its own.
+    # each setting in a process of its own: the allocator's state, oneDNN's primitive cache and the
+    # compiler's caches left by one setting would otherwise shape the timing of the next
     with tempfile.TemporaryDirectory(prefix="ctxnets-bench-") as tmp:
         proc = subprocess.run(_bench_argv(args, mode, compiled, tmp), stdout=subprocess.DEVNULL, check=False)
         if proc.returncode != 0:

@@ -2,23 +2,16 @@
 
 Absolute numbers depend on the machine; the ratio between models run side by side is the figure to
 report. Each repeat times every model once in turn (so drift in clock speed or background load hits all of
-them alike), and the median over repeats is kept. Peak memory is the CUDA allocator's peak on GPU; on CPU it
-is the largest growth of the process's resident set during one step, sampled by a background thread.
-For that to track live tensors, glibc is told to serve large blocks with mmap (returned to the system on
-free) and the heap is trimmed before each measured step; this happens after all timing, so it does not
-change the timed allocator behaviour -- but it stays so for the rest of the process, where every later
-allocation then page-faults: time other settings in a new process (``ctxnets bench`` runs each
-mode/compile setting in its own).
+them alike), and the median over repeats is kept. Peak memory is the most tensor memory one step holds
+beyond what was allocated before it (activations, new gradients, temporaries): the CUDA allocator's peak on
+GPU, and on CPU the running sum of the allocation and free events PyTorch's profiler records for that step.
+The CPU figure counts exactly what ATen allocates, so it is the same on every run and does not depend on
+how the C library hands memory back to the system.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import gc
-import os
 import statistics
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -51,56 +44,23 @@ class BenchResult:
         return asdict(self)
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _cpu_peak_mb(step: Callable[[], None]) -> float:
+    from torch.profiler import ProfilerActivity, profile
 
-
-def _glibc() -> ctypes.CDLL | None:
-    if not os.path.exists("/proc/self/statm"):
-        return None
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        libc.mallopt  # noqa: B018 - glibc only
-        libc.malloc_trim  # noqa: B018
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
-class _RssPeak:
-    """Samples resident memory every millisecond; ``peak - base`` is the step's working set."""
-
-    def __init__(self, libc: ctypes.CDLL) -> None:
-        self.libc = libc
-        self.base = self.peak = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> _RssPeak:
-        gc.collect()
-        self.libc.malloc_trim(0)
-        self.base = self.peak = _rss_mb()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_mb())
-            time.sleep(0.001)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        assert self._thread is not None
-        self._thread.join()
-        self.peak = max(self.peak, _rss_mb())
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    results = getattr(prof.profiler, "kineto_results", None) if prof.profiler is not None else None
+    if results is None:
+        return float("nan")  # this torch build records no allocation events
+    events = sorted(
+        ((e.start_ns(), e.nbytes()) for e in results.events() if e.name() == "[memory]"),
+        key=lambda t: t[0],
+    )
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak / 2**20
 
 
 def _make_step(model: nn.Module, x: torch.Tensor, mode: str, compiled: bool) -> Callable[[], None]:
@@ -137,14 +97,7 @@ def _peak_memory_mb(step: Callable[[], None], dev: torch.device) -> float:
         step()
         torch.cuda.synchronize(dev)
         return (torch.cuda.max_memory_allocated(dev) - base) / 2**20
-    libc = _glibc()
-    if libc is None:
-        return float("nan")  # no /proc or no glibc: the CPU figure is not measurable here
-    libc.mallopt(_M_MMAP_THRESHOLD, 256 * 1024)
-    libc.mallopt(_M_TRIM_THRESHOLD, 256 * 1024)
-    with _RssPeak(libc) as m:
-        step()
-    return m.peak - m.base
+    return _cpu_peak_mb(step)
 
 
 def _sync(device: torch.device) -> None:
