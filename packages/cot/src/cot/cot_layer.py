@@ -269,8 +269,8 @@ class CotLayer(nn.Module):
         bn = self.key_embed[1]
         if update_stats:
             k = bn(k_pre)
-        else:
-            k = _bn_recompute(k_pre, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+        else:  # (mypy types a Sequential's items as plain Modules)
+            k = _bn_recompute(k_pre, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)  # type: ignore[arg-type]
         k = self.key_embed[2](k)
         logits = self._attention_logits(hq, k, update_stats)
         bn = self.conv1x1[1]
