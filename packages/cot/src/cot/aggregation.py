@@ -173,6 +173,52 @@ def _aggregate_backward(
     return grad_value, grad_weight
 
 
+# Under torch.compile the aggregation is an opaque operator with the hand-written backward above: the
+# compiler would otherwise differentiate the K*K in-place updates itself, which costs more than these
+# kernels on CPU (and it keeps value and weight for backward, as the eager autograd function does).
+@torch.library.custom_op("ctxnets_cot::local_aggregate", mutates_args=())
+def _aggregate_op(value: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    return _shift_accumulate_eager(value.contiguous(), weight.contiguous(), kernel_size)
+
+
+@_aggregate_op.register_fake
+def _(value: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    return value.new_empty(value.shape)
+
+
+@torch.library.custom_op("ctxnets_cot::local_aggregate_backward", mutates_args=())
+def _aggregate_backward_op(
+    grad_out: torch.Tensor, value: torch.Tensor, weight: torch.Tensor, kernel_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    grad_value, grad_weight = _aggregate_backward(
+        grad_out, value.contiguous(), weight.contiguous(), kernel_size, True, True
+    )
+    assert grad_value is not None and grad_weight is not None
+    return grad_value, grad_weight
+
+
+@_aggregate_backward_op.register_fake
+def _(
+    grad_out: torch.Tensor, value: torch.Tensor, weight: torch.Tensor, kernel_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return value.new_empty(value.shape), weight.new_empty(weight.shape)
+
+
+def _aggregate_op_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    value, weight, kernel_size = inputs
+    ctx.save_for_backward(value, weight)
+    ctx.kernel_size = kernel_size
+
+
+def _aggregate_op_backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+    value, weight = ctx.saved_tensors
+    grad_value, grad_weight = _aggregate_backward_op(grad_out, value, weight, ctx.kernel_size)
+    return grad_value, grad_weight, None
+
+
+_aggregate_op.register_autograd(_aggregate_op_backward, setup_context=_aggregate_op_setup)
+
+
 def _group_norm_fp32(
     x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float, dtype: torch.dtype
 ) -> torch.Tensor:
@@ -232,6 +278,100 @@ class _NormedLocalAggregate(torch.autograd.Function):
         return grad_value, grads[0], grads[1], grads[2], None, None, None, None
 
 
+@torch.library.custom_op("ctxnets_cot::normed_local_aggregate", mutates_args=())
+def _normed_aggregate_op(
+    value: torch.Tensor,
+    logits: torch.Tensor,
+    gn_weight: torch.Tensor,
+    gn_bias: torch.Tensor,
+    num_maps: int,
+    eps: float,
+    kernel_size: int,
+    groups: int,
+) -> torch.Tensor:
+    B, _, H, W = logits.shape
+    w = _group_norm_fp32(logits, num_maps, gn_weight, gn_bias, eps, value.dtype)
+    w = w.view(B * groups, num_maps // groups, -1, H, W)
+    return _shift_accumulate_eager(value.contiguous(), w, kernel_size)
+
+
+@_normed_aggregate_op.register_fake
+def _(
+    value: torch.Tensor,
+    logits: torch.Tensor,
+    gn_weight: torch.Tensor,
+    gn_bias: torch.Tensor,
+    num_maps: int,
+    eps: float,
+    kernel_size: int,
+    groups: int,
+) -> torch.Tensor:
+    return value.new_empty(value.shape)
+
+
+@torch.library.custom_op("ctxnets_cot::normed_local_aggregate_backward", mutates_args=())
+def _normed_aggregate_backward_op(
+    grad_out: torch.Tensor,
+    value: torch.Tensor,
+    logits: torch.Tensor,
+    gn_weight: torch.Tensor,
+    gn_bias: torch.Tensor,
+    num_maps: int,
+    eps: float,
+    kernel_size: int,
+    groups: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    # the GroupNorm is recomputed (float32 statistics) and differentiated with ATen's own backward
+    dt = torch.promote_types(logits.dtype, torch.float32)
+    x = logits.to(dt)
+    N, C, H, W = x.shape
+    gw = gn_weight.to(dt)
+    w, mean, rstd = torch.native_group_norm(x, gw, gn_bias.to(dt), N, C, H * W, num_maps, eps)
+    w = w.to(value.dtype).view(N * groups, num_maps // groups, -1, H, W)
+    grad_value, grad_w = _aggregate_backward(grad_out, value.contiguous(), w, kernel_size, True, True)
+    assert grad_value is not None and grad_w is not None
+    grad_x, grad_gw, grad_gb = torch.ops.aten.native_group_norm_backward(
+        grad_w.reshape(N, C, H, W).to(dt), x, mean, rstd, gw, N, C, H * W, num_maps, [True, True, True]
+    )
+    return grad_value, grad_x.to(logits.dtype), grad_gw.to(gn_weight.dtype), grad_gb.to(gn_bias.dtype)
+
+
+@_normed_aggregate_backward_op.register_fake
+def _(
+    grad_out: torch.Tensor,
+    value: torch.Tensor,
+    logits: torch.Tensor,
+    gn_weight: torch.Tensor,
+    gn_bias: torch.Tensor,
+    num_maps: int,
+    eps: float,
+    kernel_size: int,
+    groups: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (
+        value.new_empty(value.shape),
+        logits.new_empty(logits.shape),
+        gn_weight.new_empty(gn_weight.shape),
+        gn_bias.new_empty(gn_bias.shape),
+    )
+
+
+def _normed_aggregate_op_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    value, logits, gn_weight, gn_bias, *args = inputs
+    ctx.save_for_backward(value, logits, gn_weight, gn_bias)
+    ctx.args = args
+
+
+def _normed_aggregate_op_backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    grads = _normed_aggregate_backward_op(grad_out, *ctx.saved_tensors, *ctx.args)
+    return (*grads, None, None, None, None)
+
+
+_normed_aggregate_op.register_autograd(
+    _normed_aggregate_op_backward, setup_context=_normed_aggregate_op_setup
+)
+
+
 def normed_local_aggregate(
     value: torch.Tensor,
     logits: torch.Tensor,
@@ -262,7 +402,7 @@ def normed_local_aggregate(
         (B * groups, C / groups, H, W).
     """
     B, _, H, W = logits.shape
-    if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
+    if not torch.jit.is_scripting():  # TorchScript skips only this exact form
         if (
             not torch.jit.is_tracing()
             and not torch.compiler.is_compiling()
@@ -272,6 +412,11 @@ def normed_local_aggregate(
             _check(value, logits.view(B * groups, num_maps // groups, -1, H, W), kernel_size)
             dtype = torch.promote_types(value.dtype, logits.dtype)
             return _NormedLocalAggregate.apply(
+                value.to(dtype), logits, gn_weight, gn_bias, num_maps, eps, kernel_size, groups
+            )
+        if torch.compiler.is_compiling():
+            dtype = torch.promote_types(value.dtype, logits.dtype)
+            return _normed_aggregate_op(
                 value.to(dtype), logits, gn_weight, gn_bias, num_maps, eps, kernel_size, groups
             )
     # local_aggregate picks the eager or the traceable kernel
@@ -297,10 +442,12 @@ def local_aggregate(value: torch.Tensor, weight: torch.Tensor, kernel_size: int 
     dtype = torch.promote_types(value.dtype, weight.dtype)
     value = value.to(dtype)
     weight = weight.to(dtype)
-    if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
+    if not torch.jit.is_scripting():  # TorchScript skips only this exact form
         if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
             if torch.is_grad_enabled() and (value.requires_grad or weight.requires_grad):
                 return _LocalAggregate.apply(value, weight, kernel_size)
             return _shift_accumulate_eager(value, weight, kernel_size)
-    # TorchScript, tracing (ONNX) and torch.compile: padded, whole-tensor ops only
+        if torch.compiler.is_compiling():
+            return _aggregate_op(value, weight, kernel_size)
+    # TorchScript and tracing (ONNX export): padded, whole-tensor ops only
     return _shift_accumulate(value, weight, kernel_size)

@@ -343,8 +343,11 @@ class CotLayer(nn.Module):
                 and self.training
                 and torch.is_grad_enabled()
                 and not torch.jit.is_tracing()
-                and not torch.compiler.is_compiling()  # the compiler plans recomputation itself
             ):
+                if torch.compiler.is_compiling():
+                    # the compiler recomputes the region inside its backward graph, where the running
+                    # statistics (updated once, after the forward graph) cannot move twice
+                    return torch.utils.checkpoint.checkpoint(self._context, k_pre, z, hq, use_reentrant=False)
                 return self._checkpointed(k_pre, z, hq)
         return self._context(k_pre, z, hq)
 
