@@ -11,10 +11,12 @@ Channel sharing is strided: with ``M`` weight maps, value channel ``c`` uses map
 kernel's indexing). Viewing the value as ``(B, C // M, M, H, W)`` lines channel ``c = r * M + m`` up
 with map ``m`` by broadcasting, so the shared weights are never repeated in memory.
 
-Training goes through a custom autograd function whose backward writes each tap's gradient straight into
-its window of one output buffer: left to autograd, every slice and broadcast of the forward would allocate
-and zero-fill a full-size gradient per tap. TorchScript, tracing (ONNX export) and torch.compile use a
-padded variant made only of whole-tensor ops, which autograd also differentiates correctly.
+In eager mode and under torch.compile the aggregation is a custom operator (``torch.library``) with a
+hand-written backward that writes each tap's gradient straight into its window of one output buffer: left
+to autograd, every slice and broadcast of the forward would allocate and zero-fill a full-size gradient
+per tap. The GroupNorm of the attention logits is fused into a second operator that keeps only the logits
+for backward. TorchScript and tracing (ONNX export) use a padded variant made only of whole-tensor ops,
+which autograd also differentiates correctly.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 __all__ = ["local_aggregate", "normed_local_aggregate"]
 
@@ -100,37 +101,14 @@ def _shift_accumulate_eager(value: torch.Tensor, weight: torch.Tensor, kernel_si
     return out.view(B, C, H, W)
 
 
-class _LocalAggregate(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, value: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
-        ctx.save_for_backward(value, weight)
-        ctx.kernel_size = kernel_size
-        return _shift_accumulate_eager(value, weight, kernel_size)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
-        value, weight = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        grad_value, grad_weight = _aggregate_backward(
-            grad_out, value, weight, ctx.kernel_size, need[0], need[1]
-        )
-        return grad_value, grad_weight, None
-
-
 #: Above this many elements in one of the R channel slices, d out / d w is accumulated slice by slice
 #: (the tap's gradient stays in cache); below it one product and one sum per tap cost fewer calls.
 ACCUMULATE_MIN_NUMEL = 1 << 16
 
 
 def _aggregate_backward(
-    g: torch.Tensor,
-    value: torch.Tensor,
-    weight: torch.Tensor,
-    kernel_size: int,
-    need_value: bool,
-    need_weight: bool,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    g: torch.Tensor, value: torch.Tensor, weight: torch.Tensor, kernel_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     B, C, H, W = value.shape
     M = weight.shape[1]
     R = C // M
@@ -139,50 +117,37 @@ def _aggregate_backward(
     regions = _tap_regions(H, W, K)
     g = g.contiguous().view(B, R, M, H, W)
     v = value.view(B, R, M, H, W)
-    grad_value = grad_weight = None
-    if need_value:
-        # d out / d v: each tap's contribution goes back to the window its shifted value came from
-        w = weight.unsqueeze(1)
-        gv = g * w[:, :, :, centre]
-        for t, (h0, h1, w0, w1), (a0, a1, b0, b1) in regions:
-            gv[..., a0:a1, b0:b1].addcmul_(g[..., h0:h1, w0:w1], w[:, :, :, t, h0:h1, w0:w1])
-        grad_value = gv.view(B, C, H, W).to(value.dtype)
-    if need_weight:
-        # d out / d w: each map's weight collects from the R channels sharing it; outside a tap's
-        # window it read zero padding, so its gradient there is zero
-        gw = torch.empty(B, M, K * K, H, W, dtype=g.dtype, device=g.device)
-        taps = [(centre, (0, H, 0, W), (0, H, 0, W)), *regions]
-        for t in set(range(K * K)) - {tap[0] for tap in taps}:
-            gw[:, :, t].zero_()
-        accumulate = B * M * H * W >= ACCUMULATE_MIN_NUMEL
-        for t, (h0, h1, w0, w1), (a0, a1, b0, b1) in taps:
-            plane = gw[:, :, t]
-            plane[..., :h0, :].zero_()
-            plane[..., h1:, :].zero_()
-            plane[..., h0:h1, :w0].zero_()
-            plane[..., h0:h1, w1:].zero_()
-            out = plane[..., h0:h1, w0:w1]
-            gs, vs = g[..., h0:h1, w0:w1], v[..., a0:a1, b0:b1]
-            if accumulate:
-                torch.mul(gs[:, 0], vs[:, 0], out=out)
-                for r in range(1, R):
-                    out.addcmul_(gs[:, r], vs[:, r])
-            else:
-                torch.sum(gs * vs, dim=1, out=out)
-        grad_weight = gw.to(weight.dtype)
-    return grad_value, grad_weight
+    # d out / d v: each tap's contribution goes back to the window its shifted value came from
+    w = weight.unsqueeze(1)
+    gv = g * w[:, :, :, centre]
+    for t, (h0, h1, w0, w1), (a0, a1, b0, b1) in regions:
+        gv[..., a0:a1, b0:b1].addcmul_(g[..., h0:h1, w0:w1], w[:, :, :, t, h0:h1, w0:w1])
+    # d out / d w: each map's weight collects from the R channels sharing it; outside a tap's window it
+    # read zero padding, so its gradient there is zero
+    gw = torch.zeros(B, M, K * K, H, W, dtype=g.dtype, device=g.device)
+    accumulate = B * M * H * W >= ACCUMULATE_MIN_NUMEL
+    for t, (h0, h1, w0, w1), (a0, a1, b0, b1) in [(centre, (0, H, 0, W), (0, H, 0, W)), *regions]:
+        out = gw[:, :, t, h0:h1, w0:w1]
+        gs, vs = g[..., h0:h1, w0:w1], v[..., a0:a1, b0:b1]
+        if accumulate:
+            torch.mul(gs[:, 0], vs[:, 0], out=out)
+            for r in range(1, R):
+                out.addcmul_(gs[:, r], vs[:, r])
+        else:
+            torch.sum(gs * vs, dim=1, out=out)
+    return gv.view(B, C, H, W).to(value.dtype), gw.to(weight.dtype)
 
 
-# Under torch.compile the aggregation is an opaque operator with the hand-written backward above: the
-# compiler would otherwise differentiate the K*K in-place updates itself, which costs more than these
-# kernels on CPU (and it keeps value and weight for backward, as the eager autograd function does).
+# The aggregation is a custom operator with the hand-written backward above, in eager mode and under
+# torch.compile alike: left to autograd (or to the compiler), every slice and broadcast of the K*K
+# in-place updates would get a full-size, zero-filled gradient of its own.
 @torch.library.custom_op("ctxnets_cot::local_aggregate", mutates_args=())
 def _aggregate_op(value: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
     return _shift_accumulate_eager(value.contiguous(), weight.contiguous(), kernel_size)
 
 
 @_aggregate_op.register_fake
-def _(value: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
+def _(value: torch.Tensor, *args: Any) -> torch.Tensor:
     return value.new_empty(value.shape)
 
 
@@ -190,17 +155,13 @@ def _(value: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tens
 def _aggregate_backward_op(
     grad_out: torch.Tensor, value: torch.Tensor, weight: torch.Tensor, kernel_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    grad_value, grad_weight = _aggregate_backward(
-        grad_out, value.contiguous(), weight.contiguous(), kernel_size, True, True
-    )
-    assert grad_value is not None and grad_weight is not None
-    return grad_value, grad_weight
+    return _aggregate_backward(grad_out, value.contiguous(), weight.contiguous(), kernel_size)
 
 
 @_aggregate_backward_op.register_fake
 def _(
-    grad_out: torch.Tensor, value: torch.Tensor, weight: torch.Tensor, kernel_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+    grad_out: torch.Tensor, value: torch.Tensor, weight: torch.Tensor, *args: Any
+) -> tuple[torch.Tensor, ...]:
     return value.new_empty(value.shape), weight.new_empty(weight.shape)
 
 
@@ -227,57 +188,6 @@ def _group_norm_fp32(
     return F.group_norm(x.to(dt), num_groups, weight.to(dt), bias.to(dt), eps).to(dtype)
 
 
-class _NormedLocalAggregate(torch.autograd.Function):
-    """GroupNorm of the attention logits fused with the aggregation: only the logits are kept for
-    backward and the normalised weights are recomputed there (a cheap element-wise op), which saves one
-    weight-sized activation per layer."""
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        value: torch.Tensor,
-        logits: torch.Tensor,
-        gn_weight: torch.Tensor,
-        gn_bias: torch.Tensor,
-        num_maps: int,
-        eps: float,
-        kernel_size: int,
-        groups: int,
-    ) -> torch.Tensor:
-        ctx.save_for_backward(value, logits, gn_weight, gn_bias)
-        ctx.args = (num_maps, eps, kernel_size, groups)
-        w = _group_norm_fp32(logits, num_maps, gn_weight, gn_bias, eps, value.dtype)
-        B, _, H, W = logits.shape
-        return _shift_accumulate_eager(value, w.view(B * groups, num_maps // groups, -1, H, W), kernel_size)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        value, logits, gn_weight, gn_bias = ctx.saved_tensors
-        num_maps, eps, kernel_size, groups = ctx.args
-        B, _, H, W = logits.shape
-        with torch.enable_grad():
-            inputs = [
-                t.detach().requires_grad_(need)
-                for t, need in zip((logits, gn_weight, gn_bias), ctx.needs_input_grad[1:4])
-            ]
-            w = _group_norm_fp32(inputs[0], num_maps, inputs[1], inputs[2], eps, value.dtype)
-        grad_value, grad_w = _aggregate_backward(
-            grad_out,
-            value,
-            w.detach().view(B * groups, num_maps // groups, -1, H, W),
-            kernel_size,
-            ctx.needs_input_grad[0],
-            any(ctx.needs_input_grad[1:4]),
-        )
-        grads: list[torch.Tensor | None] = [None, None, None]
-        if grad_w is not None:
-            wanted = [t for t in inputs if t.requires_grad]
-            got = iter(torch.autograd.grad(w, wanted, grad_w.view(w.shape)))
-            grads = [next(got) if t.requires_grad else None for t in inputs]
-        return grad_value, grads[0], grads[1], grads[2], None, None, None, None
-
-
 @torch.library.custom_op("ctxnets_cot::normed_local_aggregate", mutates_args=())
 def _normed_aggregate_op(
     value: torch.Tensor,
@@ -296,16 +206,7 @@ def _normed_aggregate_op(
 
 
 @_normed_aggregate_op.register_fake
-def _(
-    value: torch.Tensor,
-    logits: torch.Tensor,
-    gn_weight: torch.Tensor,
-    gn_bias: torch.Tensor,
-    num_maps: int,
-    eps: float,
-    kernel_size: int,
-    groups: int,
-) -> torch.Tensor:
+def _(value: torch.Tensor, *args: Any) -> torch.Tensor:
     return value.new_empty(value.shape)
 
 
@@ -328,8 +229,7 @@ def _normed_aggregate_backward_op(
     gw = gn_weight.to(dt)
     w, mean, rstd = torch.native_group_norm(x, gw, gn_bias.to(dt), N, C, H * W, num_maps, eps)
     w = w.to(value.dtype).view(N * groups, num_maps // groups, -1, H, W)
-    grad_value, grad_w = _aggregate_backward(grad_out, value.contiguous(), w, kernel_size, True, True)
-    assert grad_value is not None and grad_w is not None
+    grad_value, grad_w = _aggregate_backward(grad_out, value.contiguous(), w, kernel_size)
     grad_x, grad_gw, grad_gb = torch.ops.aten.native_group_norm_backward(
         grad_w.reshape(N, C, H, W).to(dt), x, mean, rstd, gw, N, C, H * W, num_maps, [True, True, True]
     )
@@ -337,23 +237,9 @@ def _normed_aggregate_backward_op(
 
 
 @_normed_aggregate_backward_op.register_fake
-def _(
-    grad_out: torch.Tensor,
-    value: torch.Tensor,
-    logits: torch.Tensor,
-    gn_weight: torch.Tensor,
-    gn_bias: torch.Tensor,
-    num_maps: int,
-    eps: float,
-    kernel_size: int,
-    groups: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return (
-        value.new_empty(value.shape),
-        logits.new_empty(logits.shape),
-        gn_weight.new_empty(gn_weight.shape),
-        gn_bias.new_empty(gn_bias.shape),
-    )
+def _(grad_out: torch.Tensor, *args: Any) -> tuple[torch.Tensor, ...]:
+    # one gradient per tensor input: value, logits, gn_weight, gn_bias
+    return tuple(t.new_empty(t.shape) for t in args[:4])
 
 
 def _normed_aggregate_op_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
@@ -402,25 +288,13 @@ def normed_local_aggregate(
         (B * groups, C / groups, H, W).
     """
     B, _, H, W = logits.shape
-    if not torch.jit.is_scripting():  # TorchScript skips only this exact form
-        if (
-            not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling()
-            and torch.is_grad_enabled()
-            and (value.requires_grad or logits.requires_grad or gn_weight.requires_grad)
-        ):
+    dtype = torch.promote_types(value.dtype, logits.dtype)
+    if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
+        if not torch.jit.is_tracing():
             _check(value, logits.view(B * groups, num_maps // groups, -1, H, W), kernel_size)
-            dtype = torch.promote_types(value.dtype, logits.dtype)
-            return _NormedLocalAggregate.apply(
-                value.to(dtype), logits, gn_weight, gn_bias, num_maps, eps, kernel_size, groups
-            )
-        if torch.compiler.is_compiling():
-            dtype = torch.promote_types(value.dtype, logits.dtype)
             return _normed_aggregate_op(
                 value.to(dtype), logits, gn_weight, gn_bias, num_maps, eps, kernel_size, groups
             )
-    # local_aggregate picks the eager or the traceable kernel
-    dtype = torch.promote_types(value.dtype, logits.dtype)
     w = _group_norm_fp32(logits, num_maps, gn_weight, gn_bias, eps, dtype)
     return local_aggregate(value, w.view(B * groups, num_maps // groups, -1, H, W), kernel_size)
 
@@ -442,12 +316,8 @@ def local_aggregate(value: torch.Tensor, weight: torch.Tensor, kernel_size: int 
     dtype = torch.promote_types(value.dtype, weight.dtype)
     value = value.to(dtype)
     weight = weight.to(dtype)
-    if not torch.jit.is_scripting():  # TorchScript skips only this exact form
-        if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
-            if torch.is_grad_enabled() and (value.requires_grad or weight.requires_grad):
-                return _LocalAggregate.apply(value, weight, kernel_size)
-            return _shift_accumulate_eager(value, weight, kernel_size)
-        if torch.compiler.is_compiling():
+    if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
+        if not torch.jit.is_tracing():
             return _aggregate_op(value, weight, kernel_size)
     # TorchScript and tracing (ONNX export): padded, whole-tensor ops only
     return _shift_accumulate(value, weight, kernel_size)
