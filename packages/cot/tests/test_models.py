@@ -244,6 +244,10 @@ def test_recompute_stages_choose_memory_efficient_layers():
 
     assert flags(timm.create_model("cotnet50")) == [{True}, {True}, {True}, {False}]
     assert flags(timm.create_model("cotnet50", recompute_stages=(3,))) == [{False}, {False}, {False}, {True}]
+    with pytest.raises(ValueError, match="recompute_stages are 0-based stage indices in 0..3"):
+        timm.create_model("cotnet50", recompute_stages=(4,))
+    with pytest.raises(ValueError, match="attn_stages are 0-based stage indices in 0..3"):
+        timm.create_model("cotnet50", attn_layer="se", attn_stages=(-1,))
     everywhere = timm.create_model("cotnet50", cot_kwargs=dict(memory_efficient=True))
     assert flags(everywhere) == [{True}] * 4
     # recomputation changes memory, not results: same loss gradients as a model storing everything
