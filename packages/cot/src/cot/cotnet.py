@@ -165,9 +165,9 @@ class CoTNet(nn.Module):
         super().__init__()
         if len(layers) != 4 or len(conv_types) != 4 or any(t not in _CONV_TYPES for t in conv_types):
             raise ValueError(f"need 4 stages with conv_types from {_CONV_TYPES}, got {layers}, {conv_types}")
-        for name, stages in (("attn_stages", attn_stages), ("recompute_stages", recompute_stages)):
-            if any(i not in range(4) for i in stages):
-                raise ValueError(f"{name} are 0-based stage indices in 0..3, got {tuple(stages)}")
+        for option, indices in (("attn_stages", attn_stages), ("recompute_stages", recompute_stages)):
+            if any(i not in range(4) for i in indices):
+                raise ValueError(f"{option} are 0-based stage indices in 0..3, got {tuple(indices)}")
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
