@@ -25,12 +25,14 @@ from timm.layers import get_notrace_functions, get_notrace_modules
 from timm.utils.model import freeze_batch_norm_2d
 
 from ctxnets_shared.models.cfg import PAPER_FIELDS
+from ctxnets_shared.packages import discover_packages
 from ctxnets_shared.testing.spec import ModelSpec
 from ctxnets_shared.weights.io import CONFIG_NAME, load_pretrained, save_pretrained
 
 __all__ = [
     "CHECKS",
     "build",
+    "calibrate_batchnorm",
     "check_autocast_bf16",
     "check_bad_input",
     "check_compile",
@@ -93,11 +95,45 @@ def randomize_zero_init(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+def calibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """Set every BatchNorm's running statistics to those of one training-mode pass over ``x``.
+
+    Random weights with arbitrary running statistics let activations grow through a deep network until
+    float32 rounding swamps every comparison; statistics measured on real activations keep eval-mode
+    outputs at unit scale, while still being far from the (0, 1) defaults. In place; returns the model.
+    """
+    bns = [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
+    if not bns:
+        return model
+    was_training = model.training
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average: after one pass, exactly that pass's statistics
+    model.train()
+    with torch.no_grad():
+        model(x)
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
+    return model.train(was_training)
+
+
 def build(spec: ModelSpec, seed: int = 0, **kwargs: Any) -> Any:
-    """``timm.create_model(spec.name, **spec.create_kwargs, **kwargs)``, seeded, randomised, in eval mode."""
+    """``timm.create_model(spec.name, **spec.create_kwargs, **kwargs)``, seeded, randomised, in eval mode.
+
+    All-zero parameters get random values (:func:`randomize_zero_init`), then BatchNorm statistics are
+    measured on a random batch (:func:`calibrate_batchnorm`).
+    """
+    discover_packages()  # importing the installed ctxnets packages registers their models with timm
     torch.manual_seed(seed)
     model = timm.create_model(spec.name, **{**dict(spec.create_kwargs), **kwargs})
-    return randomize_zero_init(model, seed).eval()
+    randomize_zero_init(model, seed)
+    in_chans = int(kwargs.get("in_chans", spec.create_kwargs.get("in_chans", 3)))
+    h, w = spec.hw
+    calibrate_batchnorm(
+        model, torch.randn(8, in_chans, h, w, generator=torch.Generator().manual_seed(seed + 7))
+    )
+    return model.eval()
 
 
 def make_input(spec: ModelSpec, channels: int = 3, size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -108,6 +144,14 @@ def make_input(spec: ModelSpec, channels: int = 3, size: tuple[int, int] | None 
 
 def _in_chans(model: Any) -> int:
     return int(getattr(model, "in_chans", 3))
+
+
+def _precise(model: Any, x: torch.Tensor, spec: ModelSpec) -> tuple[Any, torch.Tensor]:
+    # comparisons between different kernels (TorchScript, compiled code, frozen BN) run in float64:
+    # float32 rounding differences grow through a deep eval-mode network with random weights
+    if not spec.float64:
+        return model, x
+    return copy.deepcopy(model).double(), x.double()
 
 
 def _logits_loss(out: torch.Tensor) -> torch.Tensor:
@@ -366,7 +410,7 @@ def check_fx_feature_extraction(model: Any, spec: ModelSpec) -> None:
 
 def check_torchscript(model: Any, spec: ModelSpec) -> None:
     """``torch.jit.script`` works and equals eager (only for models the package declares scriptable)."""
-    x = make_input(spec, _in_chans(model))
+    model, x = _precise(model, make_input(spec, _in_chans(model)), spec)
     try:
         scripted = torch.jit.script(copy.deepcopy(model))
     except Exception as e:
@@ -378,7 +422,7 @@ def check_torchscript(model: Any, spec: ModelSpec) -> None:
 def check_compile(model: Any, spec: ModelSpec) -> None:
     """``torch.compile`` (the spec's backend) gives the eager outputs."""
     assert spec.compile_backend is not None
-    x = make_input(spec, _in_chans(model))
+    model, x = _precise(model, make_input(spec, _in_chans(model)), spec)
     torch._dynamo.reset()
     try:
         compiled = torch.compile(copy.deepcopy(model), backend=spec.compile_backend)
@@ -428,7 +472,7 @@ def _check_buffers_unchanged(
 
 def check_frozen_bn_training(model: Any, spec: ModelSpec) -> None:
     """Fine-tuning with ``freeze_batch_norm_2d`` (detectron2/mmdet default): runs, computes eval-mode BN."""
-    x = make_input(spec, _in_chans(model))
+    model, x = _precise(model, make_input(spec, _in_chans(model)), spec)
     m = freeze_batch_norm_2d(copy.deepcopy(model)).train()
     if any(type(mod) in (nn.BatchNorm2d, nn.SyncBatchNorm) for mod in m.modules()):
         _fail(f"{spec.name}: freeze_batch_norm_2d left BatchNorm2d modules (hidden from named_children?)")
@@ -440,7 +484,7 @@ def check_frozen_bn_training(model: Any, spec: ModelSpec) -> None:
 
 def check_eval_bn_training(model: Any, spec: ModelSpec) -> None:
     """Training with every BatchNorm in eval mode: uses and keeps the running statistics."""
-    x = make_input(spec, _in_chans(model))
+    model, x = _precise(model, make_input(spec, _in_chans(model)), spec)
     m = copy.deepcopy(model).train()
     for mod in m.modules():
         if isinstance(mod, _BN):

@@ -23,9 +23,12 @@ class ModelSpec:
         create_kwargs: kwargs for every model the kit builds (e.g. ``img_size`` for a ViT).
         min_img_size: the smallest side the model accepts; one pixel less must be a clear ValueError.
         torchscript: the package declares the model scriptable.
-        compile_backend: ``torch.compile`` backend of the compile check ("inductor", or "aot_eager" to
-            check graph capture and autograd without code generation); None skips it with that reason.
+        compile_backend: ``torch.compile`` backend of the compile check: "aot_eager" (default) checks
+            graph capture and AOT autograd without code generation, "inductor" also the generated code
+            (a minute or more per large model on a small CPU); None skips it.
         unpooled_head: ``reset_classifier(0, "")`` leaves a spatial map (CNN-style heads).
+        float64: compare TorchScript, compiled and frozen-BN outputs with eager in float64 (False for
+            models whose kernels are float32-only: those comparisons then run in float32).
         atol: absolute tolerance of numerical comparisons (float32).
         rtol: relative tolerance.
     """
@@ -39,8 +42,9 @@ class ModelSpec:
     create_kwargs: Mapping[str, Any] = field(default_factory=dict)
     min_img_size: int = 32
     torchscript: bool = False
-    compile_backend: str | None = "inductor"
+    compile_backend: str | None = "aot_eager"
     unpooled_head: bool = True
+    float64: bool = True
     atol: float = 1e-4
     rtol: float = 1e-4
 

@@ -1,0 +1,36 @@
+"""The monorepo's model contract (ctxnets_shared.testing) over the seven registered CoTNet models."""
+
+from __future__ import annotations
+
+from ctxnets_shared.testing import ModelSpec, contract_suite
+
+# non-default constructor kwargs that must come back from save_pretrained: input channels, pooling, the
+# attention hook and a CoT ablation (which changes the layer's keys)
+_KWARGS = {"in_chans": 1, "global_pool": "max", "attn_layer": "eca", "cot_kwargs": {"fusion": "sum"}}
+
+
+def _spec(name: str, backend: str = "aot_eager", **kwargs: object) -> ModelSpec:
+    # inductor compiles the three distinct block types (CoT, CoXt, SE conv + deep stem); the deeper models
+    # repeat those blocks, so their compile check captures the graph and its autograd without codegen
+    return ModelSpec(
+        name,
+        img_size=64,
+        output_strides=(8, 16),
+        round_trip_kwargs=_KWARGS,
+        torchscript=True,
+        compile_backend=backend,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+TestContract = contract_suite(
+    [
+        _spec("cotnet50", "inductor"),
+        _spec("cotnet101"),
+        _spec("cotnext50_2x48d", "inductor"),
+        _spec("cotnext101_2x48d"),
+        _spec("se_cotnetd_50", "inductor"),
+        _spec("se_cotnetd_101"),
+        _spec("se_cotnetd_152"),
+    ]
+)
