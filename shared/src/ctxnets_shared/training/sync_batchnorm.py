@@ -42,10 +42,11 @@ class CollectiveBatchNorm(nn.BatchNorm2d):
         mean = total[:-1] / n
         centred = input - mean.view(shape)
         var = dist_fn.all_reduce((centred * centred).sum(dims)) / n  # biased, as used to normalise
-        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+        tracked = self.num_batches_tracked
+        if self.running_mean is not None and self.running_var is not None and tracked is not None:
             with torch.no_grad():
-                self.num_batches_tracked.add_(1)  # type: ignore[union-attr,operator]
-                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                tracked.add_(1)
+                factor = 1.0 / float(tracked) if self.momentum is None else self.momentum
                 self.running_mean.lerp_(mean.detach(), factor)
                 self.running_var.lerp_(var.detach() * n / (n - 1).clamp(min=1), factor)
         out = centred * torch.rsqrt(var + self.eps).view(shape)
