@@ -1,0 +1,349 @@
+"""``hiri-vit train``: train any timm classifier with optional EMA distillation (paper Section 4.5).
+
+Data: an ImageFolder, or by default scikit-learn's bundled digits (no download). timm's Mixup/CutMix in
+batch mode, AdamW with a warm-up + cosine schedule, tqdm progress bars, JSON-lines metrics, atomic
+safetensors checkpoints and an exact ``--resume``. Runs as one process or under ``torchrun`` (DDP with
+synchronised BatchNorm; gloo on CPU, nccl on CUDA). Needs the ``train`` extra:
+``pip install "hiri-vit[train]"``.
+
+    hiri-vit train --model resnet10t --img-size 32 --epochs 2 --out runs/digits
+    torchrun --nproc_per_node 2 -m hiri_vit.train train --model resnet10t --out runs/ddp
+    hiri-vit train ... --out runs/digits --resume          # continue where it stopped
+
+``--batch-size`` is per process. The run folder holds ``checkpoints/`` (``ckpt-<step>.safetensors`` +
+``.json``, ``latest.json``), ``metrics.jsonl``, ``model/`` (timm local-dir layout, also ``teacher/``
+with EMA distillation) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn as nn
+from timm.loss import SoftTargetCrossEntropy
+from timm.models import get_pretrained_cfg
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+
+from ctxnets_shared.packages import discover_packages
+from ctxnets_shared.training import (
+    Checkpointer,
+    DataError,
+    DistInfo,
+    MetricLogger,
+    Progress,
+    ResumableDistributedSampler,
+    ResumeInfo,
+    all_gather_object,
+    all_reduce_mean,
+    build_datasets,
+    cleanup_distributed,
+    find_latest_checkpoint,
+    init_distributed,
+    make_loader,
+    seed_everything,
+    unwrap_model,
+    wrap_model,
+)
+from ctxnets_shared.weights import WeightsFileError, atomic_write, save_pretrained
+from hiri_vit.distill import EMADistiller, MaskedMixup, MixedBatch
+
+__all__ = ["build_parser", "main", "train"]
+
+# arguments that must match between a run and its resume (the rest may change, e.g. --max-steps)
+_RESUME_KEYS = ("model", "data", "img_size", "in_chans", "batch_size", "seed", "ema_distill", "epochs")
+
+
+class UsageError(ValueError):
+    """A user mistake: reported as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hiri-vit", description="HIRI-ViT tools.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train a timm classifier, optionally with EMA distillation")
+    p.add_argument(
+        "--model", default="resnet10t", help="any timm model name (installed ctxnets packages too)"
+    )
+    p.add_argument("--data", default="digits", help="'digits' (embedded, default) or an ImageFolder path")
+    p.add_argument("--img-size", type=int, default=32)
+    p.add_argument("--in-chans", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    p.add_argument("--batch-size", type=int, default=32, help="per process")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--warmup-steps", type=int, default=None, help="default: 5%% of the steps")
+    p.add_argument("--drop-path", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ema-distill", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--alpha", type=float, default=0.5, help="weight of the mixed label (paper's alpha)")
+    p.add_argument("--ema-decay", type=float, default=0.9998)
+    p.add_argument("--mixup", type=float, default=0.8, help="Mixup alpha (0 disables)")
+    p.add_argument("--cutmix", type=float, default=1.0, help="CutMix alpha (0 disables)")
+    p.add_argument("--smoothing", type=float, default=0.1)
+    p.add_argument("--out", type=Path, default=Path("runs/hiri-vit-train"))
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="continue from the latest checkpoint (of OUT/checkpoints, or of PATH)",
+    )
+    p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (and at the end)")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
+    p.add_argument(
+        "--eval", action=argparse.BooleanOptionalAction, default=True, help="val accuracy per epoch"
+    )
+    p.add_argument("--no-progress", action="store_true")
+    # tests: stop after N steps as if killed, keeping the schedule of the full run
+    p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def _check_args(a: argparse.Namespace) -> None:
+    positive = {"--img-size": a.img_size, "--in-chans": a.in_chans, "--epochs": a.epochs}
+    positive |= {"--batch-size": a.batch_size, "--save-every": a.save_every}
+    for flag, value in positive.items():
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
+    if a.max_steps is not None and a.max_steps < 1:
+        raise UsageError(f"--max-steps must be at least 1, got {a.max_steps}")
+    if a.lr <= 0:
+        raise UsageError(f"--lr must be positive, got {a.lr}")
+    if not 0 <= a.alpha <= 1:
+        raise UsageError(f"--alpha must be in [0, 1], got {a.alpha}")
+    if not 0 <= a.ema_decay <= 1:
+        raise UsageError(f"--ema-decay must be in [0, 1], got {a.ema_decay}")
+    if not 0 <= a.smoothing < 1:
+        raise UsageError(f"--smoothing must be in [0, 1), got {a.smoothing}")
+    if a.mixup < 0 or a.cutmix < 0:
+        raise UsageError("--mixup and --cutmix must be >= 0")
+    if (a.mixup > 0 or a.cutmix > 0) and a.batch_size % 2:
+        raise UsageError(f"Mixup/CutMix pairs samples: --batch-size must be even, got {a.batch_size}")
+    if a.workers < 0:
+        raise UsageError(f"--workers must be >= 0, got {a.workers}")
+
+
+def _check_model(name: str) -> None:
+    discover_packages()  # registers the models of every installed ctxnets package
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name}*")[:8]
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        raise UsageError(f"unknown model {name!r} (not registered with timm){hint}")
+
+
+def _create_model(a: argparse.Namespace, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
+    """The model and the constructor kwargs a saved copy needs (``model_args``)."""
+    model_args: dict[str, Any] = {"in_chans": a.in_chans}
+    extra: dict[str, Any] = {"drop_path_rate": a.drop_path} if a.drop_path > 0 else {}
+    try:  # ViT-style models fix their token grid to img_size at construction; CNNs reject the kwarg
+        model = timm.create_model(
+            a.model, num_classes=num_classes, img_size=a.img_size, **model_args, **extra
+        )
+        model_args["img_size"] = a.img_size
+    except TypeError:
+        model = timm.create_model(a.model, num_classes=num_classes, **model_args, **extra)
+    return model, model_args
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, loader: Any, info: DistInfo) -> float:
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros(2, dtype=torch.float64, device=info.device)
+    for x, y in loader:
+        x, y = x.to(info.device), y.to(info.device)
+        correct[0] += (model(x).argmax(-1) == y).sum()
+        correct[1] += y.numel()
+    model.train(was_training)
+    total = all_reduce_mean(correct, info) * info.world_size
+    return float(total[0] / total[1].clamp(min=1))
+
+
+def train(a: argparse.Namespace) -> dict[str, Any]:
+    """Run the training described by parsed ``hiri-vit train`` arguments; returns the summary."""
+    _check_args(a)
+    device = None if a.device == "auto" else a.device
+    info = init_distributed(device)
+    try:
+        return _train(a, info)
+    finally:
+        cleanup_distributed()
+
+
+def _train(a: argparse.Namespace, info: DistInfo) -> dict[str, Any]:
+    seed_everything(a.seed, info.rank)
+    out: Path = a.out
+    ckpt_dir = out / "checkpoints"
+    resume_from = None
+    if a.resume is not None:
+        resume_from = Path(a.resume) if a.resume else ckpt_dir
+        if find_latest_checkpoint(resume_from) is None:
+            raise UsageError(f"--resume: no checkpoint in {resume_from} (no latest.json)")
+
+    _check_model(a.model)
+    cfg = get_pretrained_cfg(a.model)
+    mean = tuple(cfg.mean) if cfg is not None else (0.485, 0.456, 0.406)
+    std = tuple(cfg.std) if cfg is not None else (0.229, 0.224, 0.225)
+    splits = build_datasets(a.data, img_size=a.img_size, in_chans=a.in_chans, seed=a.seed, mean=mean, std=std)
+    model, model_args = _create_model(a, splits.num_classes)
+
+    sampler = ResumableDistributedSampler(splits.train, info, a.batch_size, seed=a.seed, drop_last=True)
+    loader = make_loader(splits.train, a.batch_size, sampler, num_workers=a.workers)
+    if len(loader) == 0:
+        raise UsageError(
+            f"{len(splits.train)} training images are fewer than --batch-size {a.batch_size} x "
+            f"{info.world_size} processes"
+        )
+    val_sampler = ResumableDistributedSampler(splits.val, info, a.batch_size, shuffle=False)
+    val_loader = make_loader(splits.val, a.batch_size, val_sampler, num_workers=a.workers, drop_last=False)
+    total_steps = a.epochs * len(loader)
+    if a.max_steps is not None:
+        total_steps = min(total_steps, a.max_steps)
+    warmup = a.warmup_steps if a.warmup_steps is not None else max(1, total_steps // 20)
+
+    distiller = None
+    if a.ema_distill:
+        distiller = EMADistiller(model, alpha=a.alpha, decay=a.ema_decay).to(info.device)
+    ddp = wrap_model(model, info)
+    net = unwrap_model(ddp)
+    opt = create_optimizer_v2(net, "adamw", lr=a.lr, weight_decay=a.weight_decay)
+    sched = CosineLRScheduler(
+        opt, t_initial=total_steps, warmup_t=min(warmup, total_steps), warmup_lr_init=a.lr * 1e-3,
+        lr_min=a.lr * 1e-2, t_in_epochs=False,
+    )  # fmt: skip
+    mixup = None
+    if a.mixup > 0 or a.cutmix > 0:
+        mixup = MaskedMixup(
+            mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, label_smoothing=a.smoothing,
+            num_classes=splits.num_classes,
+        )  # fmt: skip
+    criterion = SoftTargetCrossEntropy()
+
+    objects: dict[str, Any] = {"model": net, "optimizer": opt, "scheduler": sched, "distiller": distiller}
+    run_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k in _RESUME_KEYS}
+    ckpt = Checkpointer(ckpt_dir, info)
+    start = ResumeInfo()
+    if resume_from is not None:
+        start = ckpt.resume(resume_from, objects)
+        saved = start.extra.get("args", {})
+        changed = [
+            f"--{k.replace('_', '-')} {saved[k]} -> {run_args[k]}"
+            for k in run_args
+            if saved.get(k) != run_args[k]
+        ]
+        if changed:
+            raise UsageError(f"--resume with different settings: {', '.join(changed)}")
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    log = MetricLogger(
+        out / "metrics.jsonl", enabled=info.is_main, resume_step=start.step if resume_from else None
+    )
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if a.amp and info.device.type == "cuda"
+        else nullcontext()
+    )
+
+    step, epoch, done = start.step, start.epoch, start.batch_in_epoch
+    bar = Progress(
+        total=total_steps, desc=f"train {a.model}", enabled=info.is_main and not a.no_progress, initial=step
+    )
+    val_acc: float | None = start.extra.get("val_acc")
+    ddp.train()
+    while step < total_steps and step != a.stop_after:
+        sampler.set_position(epoch, done)
+        splits.train.set_epoch(epoch)
+        for x, y in loader:
+            x, y = x.to(info.device, non_blocking=True), y.to(info.device, non_blocking=True)
+            if mixup is not None:
+                batch = mixup.mix(x, y)
+            else:
+                soft = nn.functional.one_hot(y, splits.num_classes).float()
+                soft = soft * (1 - a.smoothing) + a.smoothing / splits.num_classes
+                batch = MixedBatch(x, soft, 1.0, x.new_ones(1, 1, *x.shape[-2:]), "none")
+            with autocast:
+                target = distiller.target(x, batch) if distiller is not None else batch.target
+                loss = criterion(ddp(batch.x).float(), target.float())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            lr = opt.param_groups[0]["lr"]
+            opt.step()
+            step, done = step + 1, done + 1
+            if distiller is not None:
+                distiller.update(net, step=step)
+            sched.step_update(step)
+            loss_v = loss.item()
+            bar.update()
+            bar.set_postfix(loss=loss_v, lr=lr, epoch=epoch)
+            log.log(step, epoch=epoch, loss=loss_v, lr=lr)
+            end_of_epoch = done == len(loader)
+            if a.eval and (end_of_epoch or step == total_steps):
+                val_acc = _evaluate(ddp, val_loader, info)
+                teacher_acc = _evaluate(distiller.teacher, val_loader, info) if distiller else None
+                log.log(step, epoch=epoch, val_acc=val_acc, teacher_val_acc=teacher_acc)
+                bar.write(f"epoch {epoch} step {step}: val acc {val_acc:.4f}" + (
+                    f", teacher {teacher_acc:.4f}" if teacher_acc is not None else ""))  # fmt: skip
+            if step % a.save_every == 0 or step == total_steps:
+                extra = {"args": run_args, "val_acc": val_acc}
+                ckpt.save(step, objects, epoch=epoch, batch_in_epoch=done, extra=extra)
+            if step == total_steps or step == a.stop_after:
+                break
+        else:
+            epoch, done = epoch + 1, 0
+    bar.close()
+
+    summary: dict[str, Any] = {
+        "model": a.model,
+        "steps": step,
+        "epochs_started": epoch + 1,
+        "val_acc": val_acc,
+    }
+    # every rank's weights fingerprint: DDP keeps them identical, and the summary shows that it did
+    summary["weights_sha256"] = all_gather_object(_fingerprint(net), info)
+    if info.is_main:
+        save_pretrained(net, out / "model", architecture=a.model, model_args=model_args)
+        if distiller is not None:
+            save_pretrained(distiller.teacher, out / "teacher", architecture=a.model, model_args=model_args)
+        with atomic_write(out / "summary.json", "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary
+
+
+def _fingerprint(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point (``hiri-vit``). User mistakes print one line and exit with status 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        summary = train(args)
+    except (UsageError, DataError, WeightsFileError) as e:
+        print(f"hiri-vit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    if summary:
+        print(json.dumps({k: v for k, v in summary.items() if k != "weights_sha256"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
