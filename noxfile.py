@@ -84,6 +84,24 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", ".")
 
 
+@nox.session(python=False)
+def changelog(session: nox.Session) -> None:
+    """Each package's current version has its entry (a ``## <version>`` heading) in its CHANGELOG.md."""
+    import re
+
+    import tomllib
+
+    missing = []
+    for package in PACKAGES:
+        folder = ROOT / _folder(package)
+        version = tomllib.loads((folder / "pyproject.toml").read_text())["project"]["version"]
+        changelog = (folder / "CHANGELOG.md").read_text() if (folder / "CHANGELOG.md").is_file() else ""
+        if not re.search(rf"^## {re.escape(version)}\b", changelog, flags=re.MULTILINE):
+            missing.append(f"{_folder(package)}/CHANGELOG.md has no '## {version}' entry")
+    if missing:
+        session.error("; ".join(missing))
+
+
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy over every package's sources."""
