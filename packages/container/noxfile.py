@@ -1,5 +1,5 @@
-"""nox for this package alone: ``uv run nox -s tests`` here runs its tests in a venv holding only it and
-ctxnets-shared. The sessions live in the root noxfile (``tests(package='container')``); this one delegates to it.
+"""nox for this package alone: ``uv run nox -s tests`` here runs its tests in a venv holding only it
+and ctxnets-shared, through the root noxfile's ``tests(package='container')`` session.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""nox for this package alone: ``uv run nox -s tests`` here runs its tests in a venv holding only it and
-ctxnets-shared. The sessions live in the root noxfile (``tests(package='hiri-vit')``); this one delegates to it.
+"""nox for this package alone: ``uv run nox -s tests`` here runs its tests in a venv holding only it
+and ctxnets-shared, through the root noxfile's ``tests(package='hiri-vit')`` session.
 """
 
 from __future__ import annotations
