@@ -29,7 +29,7 @@ def test_timm_names(name: str, cls: type) -> None:
 def test_every_listed_timm_name_builds_from_channels() -> None:
     x = torch.randn(2, 32, 14, 14)  # "bat" needs sides divisible by its block size 7
     for name in attn_registry.TIMM_ATTN_NAMES:
-        m = create_attn_layer(name, 32)
+        m = create_attn_layer(f"timm.{name}", 32)
         assert m is not None and m.eval()(x).shape == x.shape, name
 
 
@@ -84,3 +84,16 @@ def test_name_from_entry_point_package_is_discovered(fake_plugin: str) -> None:
     m = create_attn_layer("fakeattn", 8)
     assert m is not None and type(m).__module__ == fake_plugin
     assert list_attn_layers()["fakeattn"] == "ctxnets-fakeplug"
+
+
+def test_a_package_name_without_its_package_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gcnet's "gc" never silently becomes timm's differently-configured GlobalContext."""
+    monkeypatch.setitem(attn_registry.PROVIDED_BY, "ctxtest", "ctxnets-testpkg")
+    with pytest.raises(
+        UnknownAttnLayerError, match="from the ctxnets-testpkg package.*pip install ctxnets-testpkg"
+    ):
+        resolve_attn_layer("ctxtest")
+    if "gc" not in attn_registry._REGISTRY:  # gcnet not installed in this venv
+        with pytest.raises(UnknownAttnLayerError, match="pip install gcnet.*timm.gc"):
+            create_attn_layer("gc", 64)
+    assert create_attn_layer("timm.gc", 64) is not None  # timm's own module stays reachable

@@ -2,6 +2,9 @@
 
 A backbone's ``attn_layer`` argument may be a name (``"se"``, ``"eca"``, ``"cbam"``, or a name an installed
 ctxnets package registers, such as gcnet's ``"gc"``), a callable ``channels -> nn.Module``, or None.
+timm's own modules are also reachable as ``"timm.<name>"``. The names in :data:`PROVIDED_BY` belong to a
+ctxnets package (timm's modules of the same spelling are not the papers' blocks): without that package
+installed they are an error naming it, never a silent fallback to timm's module.
 Packages register their names at import time with :func:`register_attn_layer`; a name that is not yet known
 triggers discovery of installed packages through the ``ctxnets.packages`` entry-point group, so
 ``create_attn_layer("gc", 256)`` works in a process that never imported gcnet.
@@ -16,6 +19,7 @@ import torch.nn as nn
 from timm.layers import get_attn
 
 __all__ = [
+    "PROVIDED_BY",
     "AttnLayerSpec",
     "UnknownAttnLayerError",
     "create_attn_layer",
@@ -33,6 +37,10 @@ TIMM_ATTN_NAMES: tuple[str, ...] = (
     "se", "ese", "eca", "ecam", "ceca", "gc", "gca", "cbam", "lcbam", "coord", "scoord", "ela", "strip",
     "sk", "splat", "lambda", "nl", "bat",
 )  # fmt: skip
+
+#: names a ctxnets package provides -> that package's distribution name
+PROVIDED_BY: dict[str, str] = {"gc": "gcnet", "nl": "gcnet", "snl": "gcnet"}
+_TIMM_PREFIX = "timm."
 
 _REGISTRY: dict[str, tuple[AttnFactory, str]] = {}
 
@@ -64,7 +72,8 @@ def register_attn_layer(
 def list_attn_layers() -> dict[str, str]:
     """Every resolvable name and where it comes from (``"timm"`` or a distribution name)."""
     _discover()
-    names = {n: "timm" for n in TIMM_ATTN_NAMES}
+    names = {n: "timm" for n in TIMM_ATTN_NAMES if n not in PROVIDED_BY}
+    names.update({f"{_TIMM_PREFIX}{n}": "timm" for n in TIMM_ATTN_NAMES})
     names.update({n: src for n, (_, src) in _REGISTRY.items()})
     return dict(sorted(names.items()))
 
@@ -80,7 +89,8 @@ def resolve_attn_layer(attn_layer: AttnLayerSpec) -> AttnFactory | None:
     """Turn a name, a callable or None into a factory ``channels -> nn.Module`` (or None).
 
     Raises:
-        UnknownAttnLayerError: ``attn_layer`` is a string no installed package or timm knows.
+        UnknownAttnLayerError: ``attn_layer`` is a string no installed package or timm knows, or a name of
+            a ctxnets package (:data:`PROVIDED_BY`) that is not installed.
         TypeError: ``attn_layer`` is neither a string, a callable nor None.
     """
     if attn_layer is None:
@@ -93,8 +103,15 @@ def resolve_attn_layer(attn_layer: AttnLayerSpec) -> AttnFactory | None:
             _discover()
         if key in _REGISTRY:
             return _REGISTRY[key][0]
-        if key in TIMM_ATTN_NAMES:
-            timm_cls = get_attn(key)
+        if key in PROVIDED_BY:
+            raise UnknownAttnLayerError(
+                f"attention layer {attn_layer!r} comes from the {PROVIDED_BY[key]} package, which is not "
+                f"installed: pip install {PROVIDED_BY[key]} (timm's own module of that name is "
+                f"{_TIMM_PREFIX}{key!s})"
+            )
+        timm_name = key.removeprefix(_TIMM_PREFIX)
+        if timm_name in TIMM_ATTN_NAMES:
+            timm_cls = get_attn(timm_name)
             assert timm_cls is not None
             return timm_cls
         valid = ", ".join(list_attn_layers())
