@@ -41,7 +41,10 @@ def _images_and_boxes(size: int) -> tuple[list[torch.Tensor], list[dict[str, tor
     gen = torch.Generator().manual_seed(0)
     images = [torch.rand(3, size, size, generator=gen) for _ in range(2)]
     targets = [
-        {"boxes": torch.tensor([[8.0, 10.0, 70.0, 90.0], [60.0, 40.0, 120.0, 110.0]]), "labels": torch.tensor([1, 2])},
+        {
+            "boxes": torch.tensor([[8.0, 10.0, 70.0, 90.0], [60.0, 40.0, 120.0, 110.0]]),
+            "labels": torch.tensor([1, 2]),
+        },
         {"boxes": torch.tensor([[20.0, 20.0, 100.0, 60.0]]), "labels": torch.tensor([1])},
     ]
     return images, targets
