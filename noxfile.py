@@ -145,6 +145,19 @@ def _check_wheels(session: nox.Session, work: Path) -> None:
             check += f"; m = timm.create_model({model!r})"
             check += f"; print({model!r}, sum(p.numel() for p in m.parameters()))"
         session.run(py, "-c", check, external=True)
+        if model and package != "gcnet":
+            # a GC composition without gcnet installed is a clear error naming it, not timm's other "gc"
+            compose = (
+                f"import timm, {module}\n"
+                "try:\n"
+                f"    timm.create_model({model!r}, attn_layer='gc')\n"
+                "except ValueError as e:\n"
+                "    assert 'pip install gcnet' in str(e), e\n"
+                "    print('gc without gcnet:', e)\n"
+                "else:\n"
+                "    raise SystemExit('attn_layer=gc built without gcnet installed')\n"
+            )
+            session.run(py, "-c", compose, external=True)
         session.run(str(venv / "bin" / "ctxnets"), "list", external=True)
 
 
