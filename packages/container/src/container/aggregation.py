@@ -48,7 +48,7 @@ class DenseAffinity(nn.Module):
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         """(B, heads, N, d) values -> (B, heads, N, d): ``A_static V`` (+ bias)."""
-        _check_tokens(v, self.num_tokens)
+        check_num_tokens(v, self.num_tokens)
         out = torch.matmul(self.weight, v)
         if self.bias is not None:
             out = out + self.bias.unsqueeze(-1)
@@ -56,12 +56,16 @@ class DenseAffinity(nn.Module):
 
 
 @register_notrace_function  # type: ignore[untyped-decorator]
-def _check_tokens(v: torch.Tensor, num_tokens: int) -> None:
+def check_num_tokens(v: torch.Tensor, num_tokens: int) -> None:
     if v.shape[-2] != num_tokens:
         raise ValueError(
             f"the dense static affinity is tied to {num_tokens} tokens, got {v.shape[-2]}: build the module "
             f"for this input size (num_tokens = H * W)"
         )
+
+
+# traced as one call: timm's tracer (above) and plain torch.fx.symbolic_trace from any root module
+torch.fx.wrap("check_num_tokens")
 
 
 def depthwise_affinity(weight: torch.Tensor, height: int, width: int) -> torch.Tensor:

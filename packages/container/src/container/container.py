@@ -116,7 +116,7 @@ class ContainerStage(nn.Module):
 
 
 @register_notrace_function  # type: ignore[untyped-decorator]
-def _check_input(x: torch.Tensor, in_chans: int, warn_tokens: int) -> None:
+def check_container_input(x: torch.Tensor, in_chans: int, warn_tokens: int) -> None:
     """Clear errors for bad images; a warning when stage-1 global attention would be quadratic in a large one.
 
     ``warn_tokens`` <= 0 means stage 1 has no global attention.
@@ -137,6 +137,10 @@ def _check_input(x: torch.Tensor, in_chans: int, warn_tokens: int) -> None:
             f"(static affinity in stages 1-3) or a model built with stage_mixers=('static', ...)",
             stacklevel=3,
         )
+
+
+# traced as one call: timm's tracer (above) and plain torch.fx.symbolic_trace from any root module
+torch.fx.wrap("check_container_input")
 
 
 class Container(nn.Module):
@@ -294,7 +298,7 @@ class Container(nn.Module):
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(4, indices)
-        _check_input(x, self.in_chans, self.warn_tokens)
+        check_container_input(x, self.in_chans, self.warn_tokens)
         intermediates = []
         stages = self.stages[: max_index + 1] if stop_early else self.stages
         last = len(stages) - 1
@@ -325,7 +329,7 @@ class Container(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> (B, num_features, H / 32, W / 32), after the final BatchNorm."""
-        _check_input(x, self.in_chans, self.warn_tokens)
+        check_container_input(x, self.in_chans, self.warn_tokens)
         return self.norm(self.stages(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function, trunc_normal_
-from timm.layers.attention import Attention
+from timm.layers.attention import Attention, maybe_add_mask, resolve_self_attn_mask
 from timm.models import VisionTransformer, generate_default_cfgs, register_model
 
 from container._build import build_model
@@ -51,7 +51,7 @@ def resample_static_affinity(weight: torch.Tensor, grid: int) -> torch.Tensor:
 
 
 @register_notrace_function  # type: ignore[untyped-decorator]
-def _static_for(weight: torch.Tensor, num_tokens: int) -> torch.Tensor:
+def static_affinity_for(weight: torch.Tensor, num_tokens: int) -> torch.Tensor:
     if num_tokens == weight.shape[-1]:
         return weight
     grid = math.isqrt(num_tokens - 1)
@@ -61,6 +61,10 @@ def _static_for(weight: torch.Tensor, num_tokens: int) -> torch.Tensor:
             f"{num_tokens} tokens: use a square input or the size the model was built for (img_size)"
         )
     return resample_static_affinity(weight, grid)
+
+
+# traced as one call: timm's tracer (above) and plain torch.fx.symbolic_trace from any root module
+torch.fx.wrap("static_affinity_for")
 
 
 class PamAttention(Attention):  # type: ignore[misc]
@@ -84,16 +88,17 @@ class PamAttention(Attention):  # type: ignore[misc]
     def forward(
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
     ) -> torch.Tensor:
-        """(B, N, dim) -> (B, N, dim)."""
-        if attn_mask is not None or is_causal:
-            raise ValueError("PamAttention takes no attention mask (its static affinity is over all tokens)")
+        """(B, N, dim) -> (B, N, dim). A mask or causal flag applies to the softmax part only."""
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if self.fused_attn:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+            p = self.attn_drop.p if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, is_causal=is_causal)
         else:
-            y = self.attn_drop((q * self.scale @ k.transpose(-2, -1)).softmax(dim=-1)) @ v
-        y = y + _static_for(self.static.weight, n) @ v  # beta = 1: the static affinity adds after softmax
+            logits = q * self.scale @ k.transpose(-2, -1)
+            logits = maybe_add_mask(logits, resolve_self_attn_mask(n, logits, attn_mask, is_causal))
+            y = self.attn_drop(logits.softmax(dim=-1)) @ v
+        y = y + static_affinity_for(self.static.weight, n) @ v  # beta = 1: the static affinity adds after softmax
         y = y.transpose(1, 2).reshape(b, n, self.attn_dim)
         return self.proj_drop(self.proj(self.norm(y)))
 
@@ -138,22 +143,26 @@ class ContainerPam(VisionTransformer):  # type: ignore[misc]
 
     def forward_features(self, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """(B, in_chans, H, W) -> (B, 1 + HW / 256, embed_dim) tokens after the final norm."""
-        _check_pam_input(x, self.patch_embed.proj.in_channels, self.patch_size)
+        check_pam_input(x, self.patch_embed.proj.in_channels, self.patch_size)
         return super().forward_features(x, **kwargs)
 
     def forward_intermediates(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         """timm's ViT ``forward_intermediates`` after the input checks."""
-        _check_pam_input(x, self.patch_embed.proj.in_channels, self.patch_size)
+        check_pam_input(x, self.patch_embed.proj.in_channels, self.patch_size)
         return super().forward_intermediates(x, *args, **kwargs)
 
 
 @register_notrace_function  # type: ignore[untyped-decorator]
-def _check_pam_input(x: torch.Tensor, in_chans: int, patch_size: int) -> None:
+def check_pam_input(x: torch.Tensor, in_chans: int, patch_size: int) -> None:
     check_image_input(x, in_chans, patch_size)
     if x.shape[2] % patch_size or x.shape[3] % patch_size:
         raise ValueError(
             f"input {x.shape[2]}x{x.shape[3]}: H and W must be multiples of the patch size {patch_size}"
         )
+
+
+# traced as one call: timm's tracer (above) and plain torch.fx.symbolic_trace from any root module
+torch.fx.wrap("check_pam_input")
 
 
 default_cfgs = generate_default_cfgs(
