@@ -63,7 +63,12 @@ class _MixBlock(nn.Module):  # the official MixBlock
         b, c, h, w = x.shape
         qkv = self.conv1(self.norm1(x))
         conv = self.conv(qkv[:, 2 * c :])
-        t = qkv.flatten(2).transpose(1, 2).reshape(b, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        t = (
+            qkv.flatten(2)
+            .transpose(1, 2)
+            .reshape(b, h * w, 3, self.heads, c // self.heads)
+            .permute(2, 0, 3, 1, 4)
+        )
         attn = (t[0] @ t[1].transpose(-2, -1) * (c // self.heads) ** -0.5).softmax(-1)
         sa = (attn @ t[2]).transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2)
         g = torch.sigmoid(self.sa_weight)

@@ -69,7 +69,10 @@ def test_official_key_layout_is_the_spec():
     state = _official().state_dict()
     for key, shape in OFFICIAL_KEYS.items():
         assert tuple(state[key].shape) == shape, key
-    assert sum(v.numel() for k, v in state.items() if "running" not in k and "num_batches" not in k) == 20_633_643
+    assert (
+        sum(v.numel() for k, v in state.items() if "running" not in k and "num_batches" not in k)
+        == 20_633_643
+    )
 
 
 def test_every_official_key_maps_onto_ours():
@@ -124,5 +127,7 @@ def test_mismatch_report_lists_every_key(tmp_path):
     assert "1 missing, 1 unexpected, 1 mis-shaped" in msg
     assert "missing:     stages.3.blocks.1.mixer.mix_logit" in msg
     assert "unexpected:  stages.3.blocks.1.mixer.static.qkv.weight" in msg
-    assert "stages.1.blocks.0.mixer.in_proj.weight: checkpoint [128, 64, 1, 1] vs model [128, 128, 1, 1]" in msg
+    assert (
+        "stages.1.blocks.0.mixer.in_proj.weight: checkpoint [128, 64, 1, 1] vs model [128, 128, 1, 1]" in msg
+    )
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

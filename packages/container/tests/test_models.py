@@ -201,7 +201,9 @@ def test_attn_layer_hook_and_stages():
     assert not isinstance(model.stages[3].blocks[2].attn, torch.nn.Identity)
     assert count_params(model) > SPEC["container_v1_light"][0]
     calls: list[int] = []
-    spy = timm.create_model("container_v1_light", attn_layer=lambda c: _Spy(c, calls), attn_stages=(1,)).eval()
+    spy = timm.create_model(
+        "container_v1_light", attn_layer=lambda c: _Spy(c, calls), attn_stages=(1,)
+    ).eval()
     with torch.no_grad():
         spy(_x(1))
     assert calls == [128] * 4  # after the MLP of each of stage 2's four blocks

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 try:
-    from ctxnets_shared.models import build_model_with_args as _build
+    from ctxnets_shared.models import build_model_with_args as _build  # type: ignore[attr-defined]
 except ImportError:  # ctxnets-shared before the model-contract kit
-    from timm.models import build_model_with_cfg as _build
+    from timm.models import build_model_with_cfg as _build  # type: ignore[assignment]
 
 __all__ = ["build_model"]
 

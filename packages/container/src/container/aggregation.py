@@ -223,4 +223,5 @@ class ContextAggregation(nn.Module):
         return self.out_proj(y)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, heads={self.num_heads}, dynamic={self.dynamic}, static={self.static_kind}, mix={self.mix}"
+        parts = (self.dim, self.num_heads, self.dynamic, self.static_kind, self.mix)
+        return "dim={}, heads={}, dynamic={}, static={}, mix={}".format(*parts)

@@ -17,14 +17,21 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import ConvMlp, DropPath, LayerNorm2d, create_classifier, register_notrace_function, trunc_normal_
+from timm.layers import (
+    ConvMlp,
+    DropPath,
+    LayerNorm2d,
+    create_classifier,
+    register_notrace_function,
+    trunc_normal_,
+)
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from container.aggregation import ContextAggregation
 from ctxnets_shared.layers import AttnLayerSpec, create_attn_layer
 from ctxnets_shared.models import check_image_input, feature_take_indices, paper_cfg
 
-__all__ = ["Container", "ContainerBlock", "ContainerStage", "PatchEmbed", "STAGE_MIXERS"]
+__all__ = ["STAGE_MIXERS", "Container", "ContainerBlock", "ContainerStage", "PatchEmbed"]
 
 # stage mixer -> (dynamic affinity, static affinity) of its ContextAggregation
 STAGE_MIXERS: dict[str, tuple[str | None, str | None]] = {
@@ -84,7 +91,13 @@ class ContainerBlock(nn.Module):
         self.pos_embed = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.norm1 = nn.BatchNorm2d(dim)
         self.mixer = ContextAggregation(
-            dim, num_heads, dynamic=dynamic, static=static, mix=mix, kernel_size=kernel_size, fused_attn=fused_attn
+            dim,
+            num_heads,
+            dynamic=dynamic,
+            static=static,
+            mix=mix,
+            kernel_size=kernel_size,
+            fused_attn=fused_attn,
         )
         self.norm2 = nn.BatchNorm2d(dim)
         self.mlp = ConvMlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
@@ -192,7 +205,9 @@ class Container(nn.Module):
         super().__init__()
         per_stage = (embed_dims, depths, mlp_ratios, patch_sizes, stage_mixers)
         if any(len(s) != 4 for s in per_stage):
-            raise ValueError(f"embed_dims, depths, mlp_ratios, patch_sizes, stage_mixers need 4 entries each, got {per_stage}")
+            raise ValueError(
+                f"embed_dims, depths, mlp_ratios, patch_sizes, stage_mixers need 4 entries, got {per_stage}"
+            )
         bad = [m for m in stage_mixers if m not in STAGE_MIXERS]
         if bad:
             raise ValueError(f"stage_mixers must be from {tuple(STAGE_MIXERS)}, got {tuple(stage_mixers)}")
@@ -250,7 +265,9 @@ class Container(nn.Module):
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         """The mix scalars (sigmoid logit / alpha / beta): scalars that weight decay would pull to 0."""
-        return {n for n, _ in self.named_parameters() if n.rsplit(".", 1)[-1] in ("mix_logit", "alpha", "beta")}
+        return {
+            n for n, _ in self.named_parameters() if n.rsplit(".", 1)[-1] in ("mix_logit", "alpha", "beta")
+        }
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
@@ -258,13 +275,17 @@ class Container(nn.Module):
             stem=r"^stages\.0\.patch_embed",
             blocks=r"^stages\.(\d+)"
             if coarse
-            else [(r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^stages\.(\d+)\.patch_embed", (0,)), (r"^norm", (99999,))],
+            else [
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^stages\.(\d+)\.patch_embed", (0,)),
+                (r"^norm", (99999,)),
+            ],
         )
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for s in self.stages:
-            s.grad_checkpointing = enable
+            s.grad_checkpointing = enable  # type: ignore[assignment]
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -318,7 +339,7 @@ class Container(nn.Module):
         prune_norm: bool = False,
         prune_head: bool = True,
     ) -> list[int]:
-        """Drop the stages after the deepest of ``indices`` (and the norm / head); returns the kept indices."""
+        """Drop the stages after the deepest of ``indices`` (and norm / head); returns the kept indices."""
         take_indices, max_index = feature_take_indices(4, indices)
         self.stages = self.stages[: max_index + 1]
         if prune_norm:

@@ -25,7 +25,13 @@ from ctxnets_shared.weights import CheckpointConverter
 
 __all__ = ["ContainerConverter", "map_official_key"]
 
-_MIXER = {"conv1": "in_proj", "attn": "static", "conv": "static", "sa_weight": "mix_logit", "conv2": "out_proj"}
+_MIXER = {
+    "conv1": "in_proj",
+    "attn": "static",
+    "conv": "static",
+    "sa_weight": "mix_logit",
+    "conv2": "out_proj",
+}
 _BLOCK = re.compile(r"^blocks([1-4])\.(\d+)\.([a-z_0-9]+)(.*)$")
 _EMBED = re.compile(r"^patch_embed([1-4])\.(.*)$")
 

@@ -32,7 +32,7 @@ def resample_static_affinity(weight: torch.Tensor, grid: int) -> torch.Tensor:
     position embeddings) and the class token's row and column along the patch grid; key-side resizing is
     scaled by (g0 / g)^2 so each query's total static weight stays what it was trained to be.
     """
-    heads, n0, _ = weight.shape
+    n0 = weight.shape[1]
     g0 = math.isqrt(n0 - 1)
     scale = (g0 / grid) ** 2
 
@@ -89,7 +89,7 @@ class PamAttention(Attention):  # type: ignore[misc]
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
     ) -> torch.Tensor:
         """(B, N, dim) -> (B, N, dim). A mask or causal flag applies to the softmax part only."""
-        b, n, c = x.shape
+        b, n, _ = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if self.fused_attn:
             p = self.attn_drop.p if self.training else 0.0
@@ -98,7 +98,9 @@ class PamAttention(Attention):  # type: ignore[misc]
             logits = q * self.scale @ k.transpose(-2, -1)
             logits = maybe_add_mask(logits, resolve_self_attn_mask(n, logits, attn_mask, is_causal))
             y = self.attn_drop(logits.softmax(dim=-1)) @ v
-        y = y + static_affinity_for(self.static.weight, n) @ v  # beta = 1: the static affinity adds after softmax
+        y = (
+            y + static_affinity_for(self.static.weight, n) @ v
+        )  # beta = 1: the static affinity adds after softmax
         y = y.transpose(1, 2).reshape(b, n, self.attn_dim)
         return self.proj_drop(self.proj(self.norm(y)))
 
@@ -126,7 +128,7 @@ class ContainerPam(VisionTransformer):  # type: ignore[misc]
         num_tokens = (img_size // patch_size) ** 2 + 1
         self.patch_size = patch_size
         for blk in self.blocks:
-            old = blk.attn
+            old: Any = blk.attn
             blk.attn = PamAttention(
                 old.qkv.in_features,
                 num_tokens,
@@ -141,7 +143,7 @@ class ContainerPam(VisionTransformer):  # type: ignore[misc]
                 if lin.bias is not None:
                     nn.init.zeros_(lin.bias)
 
-    def forward_features(self, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
         """(B, in_chans, H, W) -> (B, 1 + HW / 256, embed_dim) tokens after the final norm."""
         check_pam_input(x, self.patch_embed.proj.in_channels, self.patch_size)
         return super().forward_features(x, **kwargs)
