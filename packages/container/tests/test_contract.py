@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-testing = pytest.importorskip("ctxnets_shared.testing", reason="the contract kit is not in this ctxnets-shared")
+testing = pytest.importorskip("ctxnets_shared.testing", reason="contract kit not in this ctxnets-shared")
 
 import container  # noqa: E402,F401  (registers the models)
 
