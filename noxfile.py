@@ -27,7 +27,7 @@ PACKAGES: dict[str, tuple[str, str, str | None]] = {
     "gcnet": ("gcnet", "gcnet", None),
     "care-ssl": ("care-ssl", "care_ssl", None),
     "hiri-vit": ("hiri-vit", "hiri_vit", None),
-    "container": ("container", "container", None),
+    "container": ("container", "container", "container_v1_light"),
 }
 SRC_DIRS = ["shared/src", *(f"packages/{p}/src" for p in PACKAGES if p != "shared")]
 

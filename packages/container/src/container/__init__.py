@@ -1,15 +1,41 @@
-"""Container: context aggregation networks.
+"""Container: Context Aggregation Networks (Gao et al., NeurIPS 2021) for timm, in pure PyTorch.
 
-Package skeleton: the models and blocks of this paper land with their own issue. Importing it registers
-nothing with timm yet; `ctxnets list` shows it as installed with no models.
+Importing the package registers container_v1_light (CONTAINER-LIGHT, the released model), container_v1
+(CONTAINER, a reconstruction) and container_pam_small (CONTAINER-PAM on DeiT-Small) with timm.
 """
 
+from container.aggregation import ContextAggregation, DenseAffinity, depthwise_affinity
+from container.container import Container, ContainerBlock, ContainerStage, PatchEmbed
+from container.convert import ContainerConverter, map_official_key
+from container.pam import ContainerPam, PamAttention, resample_static_affinity
 from ctxnets_shared.packages import CtxnetsPackage, distribution_version
 
 __version__ = distribution_version("container")
 
+MODELS = ("container_v1_light", "container_v1", "container_pam_small")
+
 CTXNETS_PACKAGE = CtxnetsPackage(
-    distribution="container", import_name="container", paper="Container: context aggregation networks"
+    distribution="container",
+    import_name="container",
+    paper="Container: Context Aggregation Networks (NeurIPS 2021)",
+    models=MODELS,
+    converter=ContainerConverter(),
 )
 
-__all__ = ["CTXNETS_PACKAGE", "__version__"]
+__all__ = [
+    "CTXNETS_PACKAGE",
+    "MODELS",
+    "Container",
+    "ContainerBlock",
+    "ContainerConverter",
+    "ContainerPam",
+    "ContainerStage",
+    "ContextAggregation",
+    "DenseAffinity",
+    "PamAttention",
+    "PatchEmbed",
+    "__version__",
+    "depthwise_affinity",
+    "map_official_key",
+    "resample_static_affinity",
+]
