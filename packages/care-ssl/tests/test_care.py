@@ -1,8 +1,9 @@
-"""CARE as specified: loss values, gradient paths, momentum schedule and EMA, the byol mode, the ablation knobs."""
+"""CARE as specified: loss values, gradient paths, momentum schedule and EMA, byol mode, ablation knobs."""
 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
 import pytest
@@ -83,12 +84,16 @@ def test_forward_combines_the_losses_with_lambda(monkeypatch: pytest.MonkeyPatch
 
 
 def test_lambda_knob_scales_only_the_attention_term() -> None:
-    torch.manual_seed(0)
-    a = CARE("resnet18", lam=0.0, **SMALL)
-    torch.manual_seed(0)
-    b = CARE("resnet18", lam=250.0, **SMALL)
+    m = small_care()
     x1, x2 = views()
-    la, lb = a(x1, x2), b(x1, x2)
+    out = {}
+    for lam in (0.0, 250.0):
+        m.lam = lam
+        torch.manual_seed(0)
+        with torch.no_grad():
+            out[lam] = m(x1, x2)
+    m.lam = 100.0
+    la, lb = out[0.0], out[250.0]
     assert torch.allclose(la.c, lb.c) and torch.allclose(la.att, lb.att)
     assert la.total.item() == pytest.approx((la.c + la.t).item(), rel=1e-6)
     assert lb.total.item() == pytest.approx((lb.c + lb.t + 250 * lb.att).item(), rel=1e-6)
@@ -152,7 +157,8 @@ def test_sequential_design_sends_l_t_through_stage_5() -> None:
 
 def test_byol_mode_has_no_t_stream() -> None:
     m = small_care(mode="byol")
-    assert not any(n.startswith(("transformer", "t_p", "target.transformer")) for n, _ in m.named_parameters())
+    t_stream = ("transformer", "t_p", "target.transformer")
+    assert not any(n.startswith(t_stream) for n, _ in m.named_parameters())
     out = m(*views())
     assert out.t.item() == 0.0 and out.att.item() == 0.0
     assert torch.equal(out.total, out.c)
@@ -167,7 +173,7 @@ def test_momentum_schedule_endpoints() -> None:
     assert momentum_at(500, 1000) == pytest.approx(0.995)
     assert momentum_at(1000, 1000) == pytest.approx(1.0)
     taus = [momentum_at(s, 100) for s in range(101)]
-    assert all(b >= a for a, b in zip(taus, taus[1:]))
+    assert all(b >= a for a, b in itertools.pairwise(taus))
     with pytest.raises(ValueError, match="step"):
         momentum_at(101, 100)
 
@@ -194,7 +200,8 @@ def test_ema_update_covers_backbone_transformer_projectors_only() -> None:
     tau = m.update_momentum(25, 100)
     assert tau == pytest.approx(1 - 0.01 * (math.cos(math.pi / 4) + 1) / 2)
     online = dict(m.named_parameters())
-    assert set(before) == {n for n in online if n.startswith(("backbone.", "transformer.", "c_proj", "t_proj"))}
+    averaged = ("backbone.", "transformer.", "c_proj", "t_proj")
+    assert set(before) == {n for n in online if n.startswith(averaged)}
     for name, p in m.target.named_parameters():
         torch.testing.assert_close(p, tau * before[name] + (1 - tau) * online[name])
     for name, b in m.target.named_buffers():
@@ -209,21 +216,6 @@ def test_online_parameters_are_what_sgd_trains() -> None:
     names = {n for n, p in m.named_parameters() if any(p is q for q in m.online_parameters())}
     expected = owners(m, "backbone.", "transformer.", "c_projector.", "c_predictor.", "t_projector.")
     assert names == expected | owners(m, "t_predictor.")
-
-
-def test_lowered_loss_after_a_few_sgd_steps_on_fixed_views() -> None:
-    torch.manual_seed(0)
-    m = CARE("resnet18", **SMALL)
-    opt = torch.optim.SGD(m.online_parameters(), lr=0.05, momentum=0.9)
-    x1, x2 = views(8)
-    first = m(x1, x2).total.item()
-    for step in range(6):
-        loss = m(x1, x2).total
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        m.update_momentum(step, 6)
-    assert m(x1, x2).total.item() < first
 
 
 def test_predictions_are_unit_vectors() -> None:

@@ -6,13 +6,12 @@ Paper: "Revitalizing CNN Attentions via Transformers in Self-Supervised Visual R
 the package registers no timm models: CARE is a training method, not an architecture.
 """
 
-from ctxnets_shared.packages import CtxnetsPackage, distribution_version
-
 from care_ssl.backbone import Backbone, BackboneError, create_backbone
 from care_ssl.care import CARE, DESIGNS, MODES, momentum_at
 from care_ssl.export import CareConverter, export_backbone
 from care_ssl.losses import CareLosses, attention_loss, byol_loss, symmetric_byol_loss
 from care_ssl.tstream import POS_EMBEDS, BoTBlock, TStream
+from ctxnets_shared.packages import CtxnetsPackage, distribution_version
 
 __version__ = distribution_version("care-ssl")
 

@@ -1,4 +1,4 @@
-"""Any timm backbone as CARE's CNN encoder: its stage-4 (stride 16) map, stage-5 (stride 32) map and embedding.
+"""Any timm backbone as CARE's CNN encoder: its stage-4 (stride 16) and stage-5 (stride 32) maps.
 
 Paper: Ge et al., NeurIPS 2021, Sec. 3.2: the T-stream takes the encoder's feature maps (the official code
 taps ResNet's ``layer3``, i.e. C4, stride 16) while the C-stream pools the last stage. Any model following
@@ -76,8 +76,8 @@ class Backbone(nn.Module):
         reductions = [int(d["reduction"]) for d in levels]
         if 16 not in reductions or 32 not in reductions:
             raise BackboneError(
-                f"backbone {self.name!r} has no stage-4 (stride 16) and stage-5 (stride 32) feature maps: its "
-                f"feature strides are {reductions}; CARE needs both, as in a CNN hierarchy"
+                f"backbone {self.name!r} has no stage-4 (stride 16) and stage-5 (stride 32) feature maps: "
+                f"its feature strides are {reductions}; CARE needs both, as in a CNN hierarchy"
             )
         self.c4_index = max(i for i, r in enumerate(reductions) if r == 16)
         self.c5_index = max(i for i, r in enumerate(reductions) if r == 32)
@@ -92,14 +92,15 @@ class Backbone(nn.Module):
         for idx, shape in ((self.c4_index, self.c4_shape), (self.c5_index, self.c5_shape)):
             if shape[0] != int(levels[idx]["num_chs"]):
                 raise BackboneError(
-                    f"backbone {self.name!r}: forward_intermediates index {idx} gives {shape[0]} channels but "
-                    f"feature_info says {levels[idx]['num_chs']}"
+                    f"backbone {self.name!r}: forward_intermediates index {idx} gives {shape[0]} channels "
+                    f"but feature_info says {levels[idx]['num_chs']}"
                 )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (B, in_chans, H, W) -> (C4 map, C5 map, pooled embedding (B, num_features))."""
-        final, (c4, c5) = self.model.forward_intermediates(x, indices=[self.c4_index, self.c5_index])
-        return c4, c5, self.model.forward_head(final, pre_logits=True)
+        model: Any = self.model  # timm's feature contract, which nn.Module's typing does not know
+        final, (c4, c5) = model.forward_intermediates(x, indices=[self.c4_index, self.c5_index])
+        return c4, c5, model.forward_head(final, pre_logits=True)
 
 
 def _arch_name(model: nn.Module) -> str:

@@ -175,7 +175,7 @@ class CARE(nn.Module):
 
     @torch.no_grad()
     def update_momentum(self, step: int, total_steps: int) -> float:
-        """theta_target <- tau theta_target + (1 - tau) theta_online with tau = momentum_at(step, total_steps).
+        """theta_target <- tau theta_target + (1 - tau) theta_online, tau = momentum_at(step, total_steps).
 
         Parameters only: BN running statistics of the target stay its own. Returns tau.
         """

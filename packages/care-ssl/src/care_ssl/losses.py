@@ -29,9 +29,7 @@ def symmetric_byol_loss(
     return byol_loss(p1, z2) + byol_loss(p2, z1)
 
 
-def attention_loss(
-    c1: torch.Tensor, t1: torch.Tensor, c2: torch.Tensor, t2: torch.Tensor
-) -> torch.Tensor:
+def attention_loss(c1: torch.Tensor, t1: torch.Tensor, c2: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
     """L_att (paper Eq. 4 in the official MSE form): the C-stream output regresses the T-stream's.
 
     The T-stream side is detached here, so L_att never trains the transformer or its heads.

@@ -15,7 +15,7 @@ import torch.nn as nn
 from einops import rearrange
 from einops.layers.torch import Rearrange
 
-__all__ = ["POS_EMBEDS", "AbsolutePosEmbed", "BoTBlock", "MHSA", "RelativePosEmbed", "TStream", "pooled_size"]
+__all__ = ["MHSA", "POS_EMBEDS", "AbsolutePosEmbed", "BoTBlock", "RelativePosEmbed", "TStream", "pooled_size"]
 
 POS_EMBEDS = ("absolute", "relative")
 
@@ -35,7 +35,7 @@ class AbsolutePosEmbed(nn.Module):
 
     def __init__(self, size: tuple[int, int], dim_head: int) -> None:
         super().__init__()
-        self.size = tuple(size)
+        self.size = (int(size[0]), int(size[1]))
         scale = dim_head**-0.5
         self.height = nn.Parameter(torch.randn(size[0], dim_head) * scale)
         self.width = nn.Parameter(torch.randn(size[1], dim_head) * scale)
@@ -54,10 +54,13 @@ class RelativePosEmbed(nn.Module):
         dim_head: per-head query dimension.
     """
 
+    idx_h: torch.Tensor
+    idx_w: torch.Tensor
+
     def __init__(self, size: tuple[int, int], dim_head: int) -> None:
         super().__init__()
-        self.size = tuple(size)
-        h, w = size
+        self.size = (int(size[0]), int(size[1]))
+        h, w = self.size
         scale = dim_head**-0.5
         self.rel_height = nn.Parameter(torch.randn(2 * h - 1, dim_head) * scale)
         self.rel_width = nn.Parameter(torch.randn(2 * w - 1, dim_head) * scale)
@@ -73,7 +76,9 @@ class RelativePosEmbed(nn.Module):
         r_w = self.rel_width[self.idx_w]  # (W query cols, W key cols, d)
         logits_h = torch.einsum("bnyxd,ykd->bnyxk", q, r_h)
         logits_w = torch.einsum("bnyxd,xld->bnyxl", q, r_w)
-        logits = rearrange(logits_h, "b n y x k -> b n y x k 1") + rearrange(logits_w, "b n y x l -> b n y x 1 l")
+        logits = rearrange(logits_h, "b n y x k -> b n y x k 1") + rearrange(
+            logits_w, "b n y x l -> b n y x 1 l"
+        )
         return rearrange(logits, "b n y x k l -> b n (y x) (k l)")
 
 
@@ -96,13 +101,18 @@ class MHSA(nn.Module):
     """
 
     def __init__(
-        self, dim: int, size: tuple[int, int], heads: int = 4, dim_head: int = 128, pos_embed: str = "absolute"
+        self,
+        dim: int,
+        size: tuple[int, int],
+        heads: int = 4,
+        dim_head: int = 128,
+        pos_embed: str = "absolute",
     ) -> None:
         super().__init__()
         if pos_embed not in POS_EMBEDS:
             raise ValueError(f"pos_embed must be one of {POS_EMBEDS}, got {pos_embed!r}")
         self.heads = heads
-        self.size = tuple(size)
+        self.size = (int(size[0]), int(size[1]))
         self.scale = dim_head**-0.5
         self.qkv = nn.Conv2d(dim, 3 * heads * dim_head, 1, bias=False)
         self.to_tokens = Rearrange("b (n d) y x -> b n (y x) d", n=heads)
@@ -159,8 +169,9 @@ class BoTBlock(nn.Module):
         # ceil mode: an odd side pools to the same size as the stride-2 shortcut (the official floor crashes)
         self.pool = nn.AvgPool2d(2, ceil_mode=True) if downsample else nn.Identity()
         self.post_attn = nn.Sequential(nn.BatchNorm2d(dim_attn_out), nn.ReLU(inplace=True))
-        self.expand = nn.Sequential(nn.Conv2d(dim_attn_out, dim_out, 1, bias=False), nn.BatchNorm2d(dim_out))
-        nn.init.zeros_(self.expand[1].weight)  # each block starts as its shortcut
+        bn_out = nn.BatchNorm2d(dim_out)
+        nn.init.zeros_(bn_out.weight)  # each block starts as its shortcut
+        self.expand = nn.Sequential(nn.Conv2d(dim_attn_out, dim_out, 1, bias=False), bn_out)
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
@@ -220,8 +231,8 @@ class TStream(nn.Module):
         """c4: (B, dim, H, W) of exactly ``size`` -> (B, dim_out, *out_size)."""
         if c4.ndim != 4 or c4.shape[1] != self.in_chans or tuple(c4.shape[-2:]) != self.size:
             raise ValueError(
-                f"T-stream input must be (B, {self.in_chans}, {self.size[0]}, {self.size[1]}) (its positional "
-                f"tables are sized to the feature map of the input size CARE was built for), got "
+                f"T-stream input must be (B, {self.in_chans}, {self.size[0]}, {self.size[1]}) (its "
+                f"positional tables are sized to the feature map of the input size CARE was built for), got "
                 f"{tuple(c4.shape)}"
             )
         return self.blocks(c4)
