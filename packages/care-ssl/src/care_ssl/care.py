@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -191,14 +192,21 @@ class CARE(nn.Module):
         """Everything the optimiser trains: backbone, transformer, both projectors and both predictors."""
         return [p for p in self.parameters() if p.requires_grad]
 
-    def convert_sync_batchnorm(self) -> CARE:
-        """SyncBatchNorm in backbones and heads (online and target); the transformer keeps plain BN."""
+    def convert_sync_batchnorm(
+        self, convert: Callable[[nn.Module], nn.Module] = nn.SyncBatchNorm.convert_sync_batchnorm
+    ) -> CARE:
+        """Synchronised BN in backbones and heads (online and target); the transformer keeps plain BN.
+
+        Args:
+            convert: module -> module with every BatchNorm replaced (torch's SyncBatchNorm by default; on
+                CPU ``ctxnets_shared.training.sync_batchnorm.convert_sync_batchnorm``).
+        """
         for name in ("backbone", "c_projector", "c_predictor", "t_projector", "t_predictor"):
             if hasattr(self, name):
-                setattr(self, name, nn.SyncBatchNorm.convert_sync_batchnorm(getattr(self, name)))
+                setattr(self, name, convert(getattr(self, name)))
         for name in ("backbone", "c_projector", "t_projector"):
             if name in self.target:
-                self.target[name] = nn.SyncBatchNorm.convert_sync_batchnorm(self.target[name])
+                self.target[name] = convert(self.target[name])
         return self
 
     def export_backbone(self, out_dir: str | os.PathLike[str]) -> Path:
