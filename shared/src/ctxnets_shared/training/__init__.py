@@ -1,0 +1,89 @@
+"""Training plumbing shared by the ctxnets training commands (``hiri-vit train``, ``care-ssl pretrain``).
+
+Needs the ``train`` extra (``pip install "ctxnets-shared[train]"``: scikit-learn for the embedded digits,
+tqdm for progress bars, matplotlib for metric plots, Pillow for image folders).
+
+* data: :func:`build_datasets` ("digits" or an ImageFolder path -> augmented train/val datasets),
+  :func:`make_loader` (a DataLoader that keeps the global RNG untouched), :class:`DigitsDataset`,
+  :class:`ImageFolderDataset`, :class:`AugmentedDataset`, :class:`DataError`;
+  torch-only transforms in :mod:`ctxnets_shared.training.transforms`.
+* distributed: :func:`init_distributed` (torchrun env -> gloo/nccl process group, or one plain process),
+  :func:`wrap_model` (SyncBatchNorm + DDP), :func:`unwrap_model`, :class:`ResumableDistributedSampler`,
+  :func:`cleanup_distributed`, :func:`all_reduce_mean`, :func:`barrier`.
+* checkpoints: :class:`Checkpointer` (atomic safetensors + JSON, exact resume incl. every rank's RNG and
+  the position inside the epoch), :func:`save_checkpoint` / :func:`load_checkpoint` for plain nests.
+* RNG: :func:`seed_everything`, :func:`capture_rng_state`, :func:`restore_rng_state`.
+* progress: :class:`Progress` (tqdm on the main process), :class:`MetricLogger` (JSON lines, trimmed on
+  resume), :func:`plot_metrics`.
+"""
+
+from ctxnets_shared.training.checkpoint import (
+    LATEST_NAME,
+    Checkpointer,
+    ResumeInfo,
+    find_latest_checkpoint,
+    load_checkpoint,
+    load_state,
+    save_checkpoint,
+    save_state,
+)
+from ctxnets_shared.training.data import (
+    AugmentedDataset,
+    DataError,
+    DataSplits,
+    DigitsDataset,
+    ImageFolderDataset,
+    build_datasets,
+    make_loader,
+    sample_generator,
+)
+from ctxnets_shared.training.distributed import (
+    DistInfo,
+    ResumableDistributedSampler,
+    all_gather_object,
+    all_reduce_mean,
+    barrier,
+    cleanup_distributed,
+    init_distributed,
+    unwrap_model,
+    wrap_model,
+)
+from ctxnets_shared.training.progress import MetricLogger, Progress, plot_metrics, read_metrics
+from ctxnets_shared.training.rng import capture_rng_state, restore_rng_state, seed_everything
+from ctxnets_shared.training.transforms import build_transform
+
+__all__ = [
+    "LATEST_NAME",
+    "AugmentedDataset",
+    "Checkpointer",
+    "DataError",
+    "DataSplits",
+    "DigitsDataset",
+    "DistInfo",
+    "ImageFolderDataset",
+    "MetricLogger",
+    "Progress",
+    "ResumableDistributedSampler",
+    "ResumeInfo",
+    "all_gather_object",
+    "all_reduce_mean",
+    "barrier",
+    "build_datasets",
+    "build_transform",
+    "capture_rng_state",
+    "cleanup_distributed",
+    "find_latest_checkpoint",
+    "init_distributed",
+    "load_checkpoint",
+    "load_state",
+    "make_loader",
+    "plot_metrics",
+    "read_metrics",
+    "restore_rng_state",
+    "sample_generator",
+    "save_checkpoint",
+    "save_state",
+    "seed_everything",
+    "unwrap_model",
+    "wrap_model",
+]
