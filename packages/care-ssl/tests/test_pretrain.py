@@ -1,4 +1,4 @@
-"""``care-ssl pretrain | probe | export`` on the embedded digits: real processes, real torchrun, real files."""
+"""``care-ssl pretrain | probe | export`` on the embedded digits: real processes, torchrun and files."""
 
 from __future__ import annotations
 

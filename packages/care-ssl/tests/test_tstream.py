@@ -93,12 +93,3 @@ def test_backbone_without_stage_4_features() -> None:
     with pytest.raises(BackboneError, match=r"no stage-4 \(stride 16\) and stage-5 \(stride 32\).*\[16, 16"):
         CARE("vit_tiny_patch16_224", img_size=32)
     assert issubclass(BackboneError, ValueError)
-
-
-def test_works_on_a_ctxnets_backbone() -> None:
-    """cotnet50 (packages/cot) found through the ctxnets entry points, not imported by care_ssl."""
-    m = CARE("cotnet50", img_size=32, **TINY)
-    assert m.backbone.c4_shape[0] == 1024 and m.backbone.c5_shape[0] == 2048
-    assert m.transformer.blocks[0].expand[0].out_channels == 2048
-    with torch.no_grad():
-        assert torch.isfinite(m(torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)).total)

@@ -1,4 +1,4 @@
-"""BYOL's asymmetric augmentations (Grill et al., 2020, Table 6), as CARE uses them (paper Sec. 4), in torch ops.
+"""BYOL's asymmetric augmentations (Grill et al., 2020, Table 6), as CARE uses them (Sec. 4), in torch ops.
 
 Both views: random resized crop, horizontal flip (p 0.5), colour jitter (p 0.8: brightness 0.4, contrast
 0.4, saturation 0.2, hue 0.1, in random order), grayscale (p 0.2). View 1: Gaussian blur always, never

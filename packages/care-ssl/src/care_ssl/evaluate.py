@@ -134,11 +134,11 @@ def probe_backbone(
     Images are un-augmented (the dataset's evaluation transform) for both splits.
     """
     from ctxnets_shared.training import build_datasets, make_loader
+    from ctxnets_shared.training.transforms import Transform
 
-    plain = build_datasets(data, img_size=img_size, in_chans=in_chans, seed=seed)
-    splits = build_datasets(
-        data, img_size=img_size, in_chans=in_chans, seed=seed, train_transform=plain.val.transform
-    )
+    plain_tf = build_datasets(data, img_size=img_size, in_chans=in_chans, seed=seed).val.transform
+    assert isinstance(plain_tf, Transform)
+    splits = build_datasets(data, img_size=img_size, in_chans=in_chans, seed=seed, train_transform=plain_tf)
     backbone = backbone.to(device)
     f_tr, y_tr = extract_features(backbone, make_loader(splits.train, batch_size, drop_last=False), device)
     f_va, y_va = extract_features(backbone, make_loader(splits.val, batch_size, drop_last=False), device)

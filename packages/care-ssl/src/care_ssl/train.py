@@ -40,10 +40,12 @@ from ctxnets_shared.training import (
     wrap_model,
 )
 from ctxnets_shared.training.sync_batchnorm import convert_sync_batchnorm
+from ctxnets_shared.training.transforms import Transform
 
 __all__ = ["PretrainConfig", "learning_rate", "pretrain"]
 
 _DIGITS = "digits"
+_PLOTTED = {"care": ["loss", "loss_c", "loss_t", "loss_att", "knn_acc"], "byol": ["loss", "knn_acc"]}
 
 
 @dataclass
@@ -144,12 +146,10 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> CARE:
         cfg.data, img_size=cfg.img_size, in_chans=cfg.in_chans, seed=cfg.seed, train_transform=views
     )
     # the kNN memory bank: the training images without augmentation
+    plain_tf = splits.val.transform
+    assert isinstance(plain_tf, Transform)
     bank = build_datasets(
-        cfg.data,
-        img_size=cfg.img_size,
-        in_chans=cfg.in_chans,
-        seed=cfg.seed,
-        train_transform=splits.val.transform,
+        cfg.data, img_size=cfg.img_size, in_chans=cfg.in_chans, seed=cfg.seed, train_transform=plain_tf
     ).train
     sampler = ResumableDistributedSampler(splits.train, info, cfg.batch_size, seed=cfg.seed, drop_last=True)
     loader = make_loader(splits.train, cfg.batch_size, sampler, num_workers=cfg.num_workers, drop_last=True)
@@ -224,7 +224,7 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> CARE:
             batch_in_epoch += 1
             if batch_in_epoch == steps_per_epoch:
                 epoch, batch_in_epoch = epoch + 1, 0
-            record = {
+            record: dict[str, float | None] = {
                 k: float(all_reduce_mean(v.detach().float(), info))
                 for k, v in (
                     ("loss", losses.total),
@@ -233,7 +233,7 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> CARE:
                     ("loss_att", losses.att),
                 )
             }
-            bar.set_postfix(loss=record["loss"], lr=lr)
+            bar.set_postfix(loss=float(record["loss"] or 0.0), lr=lr)
             bar.update(1)
             knn_due = cfg.knn_every > 0 and (step % cfg.knn_every == 0 or step == total)
             if knn_due:
