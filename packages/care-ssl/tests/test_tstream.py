@@ -93,3 +93,20 @@ def test_backbone_without_stage_4_features() -> None:
     with pytest.raises(BackboneError, match=r"no stage-4 \(stride 16\) and stage-5 \(stride 32\).*\[16, 16"):
         CARE("vit_tiny_patch16_224", img_size=32)
     assert issubclass(BackboneError, ValueError)
+
+
+def test_resnet50_t_stream_size_and_cost_match_the_spec() -> None:
+    """Official configuration off ResNet-50's C4 (1024 x 14 x 14 at 224 px): 32.8M parameters, 1.87 GMACs,
+    of which the first block's 3x3 stride-2 shortcut is 0.92 (spec "Cost")."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    t = TStream(1024, 2048, (14, 14), depth=5)
+    assert sum(p.numel() for p in t.parameters()) / 1e6 == pytest.approx(32.8, abs=0.05)
+    x = torch.randn(1, 1024, 14, 14)
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as total:
+            assert t(x).shape == (1, 2048, 7, 7)
+        with FlopCounterMode(display=False) as shortcut:
+            t.blocks[0].shortcut(x)
+    assert total.get_total_flops() / 2e9 == pytest.approx(1.87, abs=0.01)
+    assert shortcut.get_total_flops() / 2e9 == pytest.approx(0.92, abs=0.01)

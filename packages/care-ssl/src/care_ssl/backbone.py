@@ -27,10 +27,15 @@ def create_backbone(name: str, **kwargs: Any) -> nn.Module:
     Raises:
         BackboneError: no installed package registers ``name``.
     """
-    from ctxnets_shared.packages import discover_packages
 
-    discover_packages()  # importing the ctxnets packages registers their models with timm
-    if not (timm.is_model(name) or timm.is_model(name.split(".")[0])):
+    def known() -> bool:
+        return bool(timm.is_model(name) or timm.is_model(name.split(".")[0]))
+
+    if not known():
+        from ctxnets_shared.packages import discover_packages
+
+        discover_packages()  # importing the ctxnets packages registers their models with timm
+    if not known():
         raise BackboneError(
             f"unknown backbone {name!r}: no installed package registers a timm model of that name "
             f"(see timm.list_models(), e.g. 'resnet50')"
