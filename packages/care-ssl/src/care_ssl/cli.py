@@ -48,7 +48,12 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
     a("--in-chans", type=int, default=d.in_chans)
     a("--crop-scale", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"))
     a("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (and at the end)")
-    a("--knn-every", type=int, default=d.knn_every, help="kNN accuracy every N steps (0: only at the end)")
+    a(
+        "--knn-every",
+        type=int,
+        default=d.knn_every,
+        help="kNN accuracy every N steps and at the end (0: never)",
+    )
     a("--log-every", type=int, default=d.log_every)
     a("--resume", nargs="?", const="auto", default=None, help="checkpoint folder (default: OUT/checkpoints)")
     a("--device", default=None, help="cpu or cuda (default: cuda when available)")
