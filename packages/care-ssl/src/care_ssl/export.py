@@ -34,12 +34,18 @@ def export_backbone(care: CARE, out_dir: str | os.PathLike[str]) -> Path:
     head: ``timm.create_model("local-dir:DIR", pretrained=True, num_classes=N)``. SyncBatchNorm layers have
     BatchNorm2d's state-dict keys, so a backbone converted for DDP exports the same way.
     """
-    return save_pretrained(
-        care.backbone.model,
-        out_dir,
-        architecture=care.backbone.name,
-        model_args=backbone_model_args(care) or None,
-    )
+    model: Any = care.backbone.model  # timm model: pretrained_cfg is a plain attribute
+    original = getattr(model, "pretrained_cfg", None)
+    # the weights are CARE's, not those of the timm tag the architecture was registered with
+    cfg = {k: v for k, v in dict(original or {}).items() if k not in ("tag", "paper_ids", "origin_url")}
+    cfg.update(num_classes=0, input_size=(care.in_chans, care.img_size, care.img_size))
+    model.pretrained_cfg = cfg
+    try:
+        return save_pretrained(
+            model, out_dir, architecture=care.backbone.name, model_args=backbone_model_args(care) or None
+        )
+    finally:
+        model.pretrained_cfg = original
 
 
 class CareConverter(CheckpointConverter):
