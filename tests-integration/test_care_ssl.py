@@ -6,9 +6,9 @@ from pathlib import Path
 
 import timm
 import torch
-from ctxnets_shared.weights import load_pretrained
 
 from care_ssl import CARE
+from ctxnets_shared.weights import load_pretrained
 
 
 def test_care_pretrains_and_exports_a_cotnet(tmp_path: Path) -> None:
