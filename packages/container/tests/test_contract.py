@@ -1,28 +1,23 @@
-"""The shared model-contract kit over the three models (runs once ctxnets-shared ships ``testing``)."""
+"""The monorepo's model contract (ctxnets_shared.testing) over the three CONTAINER models."""
 
 from __future__ import annotations
 
-import pytest
-
-testing = pytest.importorskip("ctxnets_shared.testing", reason="contract kit not in this ctxnets-shared")
-
-import container  # noqa: E402,F401  (registers the models)
+from ctxnets_shared.testing import ModelSpec, contract_suite
 
 _CNN_ROUND_TRIP = {"in_chans": 1, "global_pool": "max", "attn_layer": "eca"}
 
-TestContract = testing.contract_suite(
+TestContract = contract_suite(
     [
-        testing.ModelSpec(
-            "container_v1_light", img_size=64, reductions=(4, 8, 16, 32), round_trip_kwargs=_CNN_ROUND_TRIP,
-            min_img_size=32,
-        ),
-        testing.ModelSpec(
-            "container_v1", img_size=64, reductions=(4, 8, 16, 32), round_trip_kwargs=_CNN_ROUND_TRIP,
-            min_img_size=32,
-        ),
-        testing.ModelSpec(
-            "container_pam_small", img_size=64, reductions=(16, 16, 16),
-            round_trip_kwargs={"in_chans": 1, "global_pool": "avg"}, min_img_size=16,
+        ModelSpec("container_v1_light", img_size=64, round_trip_kwargs=_CNN_ROUND_TRIP),
+        ModelSpec("container_v1", img_size=64, round_trip_kwargs=_CNN_ROUND_TRIP),
+        # DeiT-Small layout: three token maps at stride 16, a token head (no spatial map to leave unpooled)
+        ModelSpec(
+            "container_pam_small",
+            img_size=64,
+            reductions=(16, 16, 16),
+            round_trip_kwargs={"in_chans": 1, "global_pool": "avg"},
+            min_img_size=16,
+            unpooled_head=False,
         ),
     ]
-)  # fmt: skip
+)

@@ -213,11 +213,10 @@ def check_timm_attributes(model: Any, spec: ModelSpec) -> None:
         groups = model.group_matcher(coarse=coarse)
         if not isinstance(groups, Mapping) or not groups:
             _fail(f"{spec.name}: group_matcher(coarse={coarse}) returned {groups!r}")
-    params = dict(model.named_parameters())
     nwd = getattr(model, "no_weight_decay", None)
-    for n in nwd() if callable(nwd) else ():
-        if n not in params and not any(p.startswith(n) for p in params):
-            _fail(f"{spec.name}: no_weight_decay() names {n!r}, which is no parameter")
+    # names only: timm's own ViTs list tokens (``dist_token``) that a given variant may not have
+    if callable(nwd) and not all(isinstance(n, str) for n in nwd()):
+        _fail(f"{spec.name}: no_weight_decay() must return parameter names")
 
 
 def check_pretrained_cfg(model: Any, spec: ModelSpec) -> None:

@@ -1,0 +1,204 @@
+"""The ``care-ssl`` command: ``pretrain``, ``probe`` and ``export``.
+
+A user mistake (empty or missing data folder, unknown backbone, a backbone without stage-4 features, a
+bad flag value, a missing checkpoint) prints one ``care-ssl <command>: error: ...`` line and exits with 2.
+Run several processes with ``torchrun --nproc-per-node N -m care_ssl pretrain ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+
+def _pretrain_args(p: argparse.ArgumentParser) -> None:
+    from care_ssl.care import DESIGNS, MODES
+    from care_ssl.tstream import POS_EMBEDS
+
+    d = _defaults()
+    a = p.add_argument
+    a("--model", default=d.model, help="timm backbone name from any installed package (default: %(default)s)")
+    a("--data", default=d.data, help="'digits' (embedded, no download) or an ImageFolder path")
+    a("--out", default=d.out, help="run folder: checkpoints, metrics.jsonl, metrics.png, backbone/")
+    a("--img-size", type=int, default=d.img_size, help="square input side; a multiple of 32 is safest")
+    a("--epochs", type=int, default=d.epochs)
+    a("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    a("--batch-size", type=int, default=d.batch_size, help="per process")
+    a("--lr", type=float, default=None, help="default: 0.05 x global batch / 256 (the paper)")
+    a("--weight-decay", type=float, default=d.weight_decay)
+    a("--no-wd-bn-bias", action="store_true", help="no weight decay on BN and biases (official: decays all)")
+    a("--warmup-epochs", type=float, default=d.warmup_epochs, help="at most a tenth of the run")
+    a("--seed", type=int, default=d.seed)
+    a("--mode", choices=MODES, default=d.mode, help="care, or byol (the baseline without T-stream)")
+    a("--lam", type=float, default=d.lam, help="weight lambda of L_att (paper: 100)")
+    a("--depth", type=int, default=d.depth, help="T-stream blocks n (paper: 5)")
+    a("--pos-embed", choices=POS_EMBEDS, default=d.pos_embed)
+    a("--design", choices=DESIGNS, default=d.design, help="T-stream off C4 (parallel) or C5 (sequential)")
+    a("--hidden-dim", type=int, default=d.hidden_dim, help="projector/predictor hidden width (paper: 4096)")
+    a("--proj-dim", type=int, default=d.proj_dim, help="projection width (paper: 256)")
+    a("--heads", type=int, default=d.heads)
+    a("--dim-head", type=int, default=d.dim_head)
+    a("--in-chans", type=int, default=d.in_chans)
+    a("--crop-scale", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"))
+    a("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (and at the end)")
+    a(
+        "--knn-every",
+        type=int,
+        default=d.knn_every,
+        help="kNN accuracy every N steps and at the end (0: never)",
+    )
+    a("--log-every", type=int, default=d.log_every)
+    a("--resume", nargs="?", const="auto", default=None, help="checkpoint folder (default: OUT/checkpoints)")
+    a("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    a("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    a("--num-workers", type=int, default=d.num_workers)
+
+
+def _defaults() -> Any:
+    from care_ssl.train import PretrainConfig
+
+    return PretrainConfig()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``care-ssl``."""
+    parser = argparse.ArgumentParser(
+        prog="care-ssl", description="CARE self-supervised pretraining for any timm backbone."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _pretrain_args(sub.add_parser("pretrain", help="CARE (or BYOL) pretraining"))
+
+    probe = sub.add_parser("probe", help="linear probe and kNN on a frozen backbone")
+    src = probe.add_mutually_exclusive_group(required=True)
+    src.add_argument("--weights", help="a backbone folder (care-ssl export / pretrain's OUT/backbone)")
+    src.add_argument("--model", help="a timm backbone name at random initialisation (the baseline)")
+    probe.add_argument("--data", default="digits")
+    probe.add_argument("--img-size", type=int, default=64)
+    probe.add_argument("--in-chans", type=int, default=3)
+    probe.add_argument("--epochs", type=int, default=30, help="linear-probe epochs")
+    probe.add_argument("--batch-size", type=int, default=256)
+    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("--device", default="cpu")
+    probe.add_argument("--out", default=None, help="also write the result as JSON here")
+
+    export = sub.add_parser("export", help="online backbone -> timm local-dir safetensors folder")
+    src = export.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="a pretrain run folder (its newest checkpoint)")
+    src.add_argument("--official", help="an official CARE checkpoint (.pth), read without code execution")
+    export.add_argument("--model", default="resnet50", help="backbone of --official (default: %(default)s)")
+    export.add_argument("--out", required=True, help="output folder")
+    return parser
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from care_ssl.train import PretrainConfig, pretrain
+
+    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    values["amp"] = not args.no_amp
+    if values.get("crop_scale") is not None:
+        values["crop_scale"] = tuple(values["crop_scale"])
+    if args.resume == "auto":
+        values["resume"] = str(Path(args.out) / "checkpoints")
+    for name in ("img_size", "batch_size", "depth", "hidden_dim", "proj_dim", "heads", "dim_head"):
+        if values[name] < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {values[name]}")
+    if values["epochs"] < 0 or (values["max_steps"] is not None and values["max_steps"] < 1):
+        raise ValueError("--epochs must be >= 0 and --max-steps >= 1")
+    pretrain(PretrainConfig(**values))
+    return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    import torch
+
+    from care_ssl.evaluate import probe_backbone
+
+    if args.weights:
+        from ctxnets_shared.weights import load_pretrained
+
+        backbone = load_pretrained(args.weights)
+        source = args.weights
+    else:
+        from care_ssl.backbone import Backbone, create_backbone
+
+        torch.manual_seed(args.seed)
+        backbone = create_backbone(args.model, in_chans=args.in_chans)
+        Backbone(backbone, img_size=args.img_size, in_chans=args.in_chans)  # same checks as pretrain
+        source = f"{args.model} (random init)"
+    result = probe_backbone(
+        backbone,
+        args.data,
+        img_size=args.img_size,
+        in_chans=args.in_chans,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+    )
+    line = json.dumps({"backbone": source, **{k: round(v, 2) for k, v in result.items()}})
+    print(line)
+    if args.out:
+        from ctxnets_shared.weights import atomic_write
+
+        with atomic_write(args.out, "w") as f:
+            f.write(line + "\n")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    if args.official:
+        from care_ssl.export import CareConverter
+
+        out = CareConverter().convert(args.model, args.official, args.out, num_classes=0)
+    else:
+        from care_ssl.care import CARE
+        from ctxnets_shared.training import load_checkpoint
+        from ctxnets_shared.weights import check_state_dict
+
+        run = Path(args.run)
+        cfg_path = run / "config.json"
+        if not cfg_path.is_file():
+            raise ValueError(f"{run} is not a care-ssl pretrain run folder (no config.json)")
+        cfg = json.loads(cfg_path.read_text())
+        model = CARE(
+            cfg["model"],
+            img_size=cfg["img_size"],
+            in_chans=cfg["in_chans"],
+            mode=cfg["mode"],
+            depth=cfg["depth"],
+            pos_embed=cfg["pos_embed"],
+            design=cfg["design"],
+            hidden_dim=cfg["hidden_dim"],
+            proj_dim=cfg["proj_dim"],
+            heads=cfg["heads"],
+            dim_head=cfg["dim_head"],
+        )
+        state = load_checkpoint(run / "checkpoints")["objects"]["model"]
+        check_state_dict(model, state, context=str(run / "checkpoints"))
+        model.load_state_dict(state, strict=False)
+        out = model.export_backbone(args.out)
+    print(f"exported backbone to {out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``care-ssl``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return {"pretrain": _pretrain, "probe": _probe, "export": _export}[args.command](args)
+    except (ValueError, FileNotFoundError) as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"care-ssl {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
