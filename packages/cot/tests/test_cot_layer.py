@@ -145,11 +145,11 @@ def test_aggregation_operators_pass_opcheck():
     g = torch.Generator().manual_seed(0)
     v = torch.randn(2, 8, 5, 4, generator=g, requires_grad=True)
     w = torch.randn(2, 2, 9, 5, 4, generator=g, requires_grad=True)
-    torch.library.opcheck(aggregation._aggregate_op, (v, w, 3))
+    torch.library.opcheck(aggregation._aggregate_op, (v, w, 3, 2))
     logits = torch.randn(1, 18, 5, 4, generator=g, requires_grad=True)
     gw = torch.randn(18, generator=g, requires_grad=True)
     gb = torch.randn(18, generator=g, requires_grad=True)
-    torch.library.opcheck(aggregation._normed_aggregate_op, (v, logits, gw, gb, 2, 1e-5, 3, 2))
+    torch.library.opcheck(aggregation._normed_aggregate_op, (v, logits, gw, gb, 2, 1e-5, 3, 2, 1))
 
 
 def _onnx_parity(module, x, tmp_path, rtol, atol):
