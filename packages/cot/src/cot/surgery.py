@@ -5,8 +5,9 @@ network. :func:`replace_conv3x3` does that in place: every dense (ungrouped) squ
 as many output as input channels becomes a :class:`~cot.cot_layer.CotLayer` (a stride-2 one becomes the
 official ``AvgPool2d(3, 2, 1)`` followed by the CoT layer; a dilated one a CoT layer with dilated
 windows). Grouped and depthwise 3x3 convolutions (ResNeXt, MobileNet-style blocks) are left alone: a CoT
-layer mixes all channels, so it would change what those blocks compute and cost. The norm and activation that followed the convolution
-stay; the new layers are freshly initialised, so the network needs (re-)training.
+layer mixes all channels, so it would change what those blocks compute and cost. The norm and activation
+that followed the convolution stay; the new layers are freshly initialised, so the network needs
+(re-)training.
 """
 
 from __future__ import annotations
