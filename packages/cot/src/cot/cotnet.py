@@ -28,7 +28,6 @@ from timm.layers import (
     DropPath,
     create_classifier,
     drop_block_2d,
-    register_notrace_function,
 )
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
@@ -42,9 +41,9 @@ __all__ = ["CoTNet", "CotBottleneck"]
 _CONV_TYPES = ("cot", "se", "alt")
 _OUTPUT_STRIDES = (8, 16, 32)
 
-# torch.fx: the input check (Python control flow on the input's shape) is one node of a traced graph,
-# in timm's FX feature extraction (its registry) and in plain torch.fx.symbolic_trace (fx.wrap)
-register_notrace_function(check_image_input)
+# torch.fx: the input check and DropBlock's mask sampling (Python control flow on shapes) are single nodes
+# of a traced graph; ctxnets_shared registers the check for timm's FX feature extraction, fx.wrap makes
+# both leaves of a plain torch.fx.symbolic_trace too
 torch.fx.wrap("check_image_input")
 torch.fx.wrap("drop_block_2d")
 
