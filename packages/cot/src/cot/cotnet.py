@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.fx
@@ -412,13 +412,14 @@ class CoTNet(nn.Module):
 
 
 def _create_cotnet(variant: str, pretrained: bool = False, **kwargs: Any) -> CoTNet:
-    return build_model_with_args(
+    model = build_model_with_args(
         CoTNet,
         variant,
         pretrained,
         feature_cfg=dict(feature_cls="getter", out_indices=(1, 2, 3, 4)),
         **kwargs,
     )
+    return cast(CoTNet, model)
 
 
 _PAPER = "Contextual Transformer Networks for Visual Recognition"
