@@ -121,3 +121,52 @@ def test_eager_and_traceable_kernels_agree(shape):
         torch.testing.assert_close(
             aggregation._shift_accumulate_eager(v, w, K), _shift_accumulate(v, w, K), rtol=1e-6, atol=1e-6
         )
+
+
+DILATED = [  # (B, C, M, H, W, K, d): maps smaller than some offsets (empty tap windows), 5x5 windows
+    (2, 16, 2, 7, 5, 3, 2),
+    (1, 8, 2, 3, 4, 3, 2),
+    (1, 24, 3, 9, 8, 5, 3),
+    (1, 8, 1, 2, 2, 3, 4),
+]
+
+
+@pytest.mark.parametrize("shape", DILATED)
+def test_dilated_aggregation_matches_reference(shape):
+    # output_stride 8/16: the window's taps d pixels apart, in the operator (eager) and the padded kernel
+    *dims, d = shape
+    v, w = _inputs(*dims)
+    K = dims[-1]
+    ref = aggregate_reference(v, w, K, dilation=d)
+    grad = torch.randn_like(ref)
+    want = torch.autograd.grad(ref, (v, w), grad)
+    for fn in (local_aggregate, _shift_accumulate):
+        out = fn(v, w, K, d)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        for a, b in zip(torch.autograd.grad(out, (v, w), grad), want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # a dilated window differs from the dense one wherever some off-centre tap lands inside the map
+    if min(dims[3], dims[4]) > 1:
+        assert not torch.allclose(local_aggregate(v, w, K, d), local_aggregate(v, w, K), atol=1e-3)
+
+
+def test_dilated_normed_gradcheck_float64():
+    g = torch.Generator().manual_seed(3)
+    B, C, M, H, W, G, d = 1, 8, 4, 5, 4, 2, 2
+    v = torch.randn(B * G, C // G, H, W, generator=g, dtype=torch.float64, requires_grad=True)
+    logits = torch.randn(B, M * 9, H, W, generator=g, dtype=torch.float64, requires_grad=True)
+    gw = torch.randn(M * 9, generator=g, dtype=torch.float64, requires_grad=True)
+    gb = torch.randn(M * 9, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def fn(v, logits, gw, gb):
+        return normed_local_aggregate(v, logits, gw, gb, M, 1e-5, 3, G, d)
+
+    assert torch.autograd.gradcheck(fn, (v, logits, gw, gb))
+    wn = torch.nn.functional.group_norm(logits, M, gw, gb, 1e-5).view(B * G, M // G, 9, H, W)
+    torch.testing.assert_close(fn(v, logits, gw, gb), aggregate_reference(v, wn, 3, dilation=d))
+
+
+def test_bad_dilation_raises():
+    v, w = _inputs(1, 16, 4, 6, 6, 3)
+    with pytest.raises(ValueError, match="dilation >= 1"):
+        local_aggregate(v, w, 3, 0)

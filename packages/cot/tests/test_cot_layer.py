@@ -145,11 +145,11 @@ def test_aggregation_operators_pass_opcheck():
     g = torch.Generator().manual_seed(0)
     v = torch.randn(2, 8, 5, 4, generator=g, requires_grad=True)
     w = torch.randn(2, 2, 9, 5, 4, generator=g, requires_grad=True)
-    torch.library.opcheck(aggregation._aggregate_op, (v, w, 3))
+    torch.library.opcheck(aggregation._aggregate_op, (v, w, 3, 2))
     logits = torch.randn(1, 18, 5, 4, generator=g, requires_grad=True)
     gw = torch.randn(18, generator=g, requires_grad=True)
     gb = torch.randn(18, generator=g, requires_grad=True)
-    torch.library.opcheck(aggregation._normed_aggregate_op, (v, logits, gw, gb, 2, 1e-5, 3, 2))
+    torch.library.opcheck(aggregation._normed_aggregate_op, (v, logits, gw, gb, 2, 1e-5, 3, 2, 1))
 
 
 def _onnx_parity(module, x, tmp_path, rtol, atol):
@@ -203,3 +203,133 @@ def test_memory_efficient_training_is_exact(cls):
     for (name, a), (_, b) in zip(fast.named_buffers(), plain.named_buffers()):
         torch.testing.assert_close(a, b, msg=name)
     assert int(fast.bn.num_batches_tracked) == 1
+
+
+@pytest.mark.parametrize("cls", [CotLayer, CoXtLayer])
+def test_dilated_layer_matches_reference_float64(cls):
+    # output_stride 8/16: the static key conv and the aggregation window both dilated; fused and
+    # step-by-step paths against the reference
+    layer = _layer(cls, dilation=2).double().train()
+    assert layer.key_embed[0].dilation == (2, 2) and layer.key_embed[0].padding == (2, 2)
+    x = torch.randn(2, 32, 6, 5, dtype=torch.float64)
+    ref = cot_layer_reference(copy.deepcopy(layer), x)
+    for fused in (True, False):
+        m = copy.deepcopy(layer)
+        m.fused = fused
+        torch.testing.assert_close(m(x), ref)
+    dense = copy.deepcopy(layer)
+    dense.dilation = 1
+    dense.key_embed[0].dilation, dense.key_embed[0].padding = (1, 1), (1, 1)
+    assert not torch.allclose(dense(x), ref)
+
+
+def test_radix_other_than_two_is_a_clear_error():
+    with pytest.raises(ValueError, match="radix must be 2"):
+        CotLayer(32, radix=4)
+    with pytest.raises(ValueError, match="dilation must be >= 1"):
+        CotLayer(32, dilation=0)
+
+
+def _convert_norms(layer, case):
+    """The BatchNorm set-ups of downstream fine-tuning (detectors / segmenters)."""
+    from timm.utils.model import freeze_batch_norm_2d
+
+    if case == "frozen":
+        return freeze_batch_norm_2d(layer)
+    if case == "eval_bn":
+        for m in layer.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
+    elif case == "sync":
+        layer = torch.nn.SyncBatchNorm.convert_sync_batchnorm(layer)
+    elif case == "no_running_stats":
+        for m in layer.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.track_running_stats = False
+                m.running_mean = m.running_var = m.num_batches_tracked = None
+    return layer
+
+
+def _saved_numel(fn):
+    """Elements of the tensors autograd saves for backward while ``fn`` runs, and its result."""
+    numel = [0]
+
+    def pack(t):
+        numel[0] += t.numel()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return numel[0], out
+
+
+@pytest.mark.parametrize("case", ["plain", "frozen", "eval_bn", "sync", "no_running_stats"])
+@pytest.mark.parametrize("cls", [CotLayer, CoXtLayer])
+def test_recompute_with_every_batchnorm_setup(cls, case):
+    # outputs, gradients and BN buffers equal to the step-by-step forward; statistics move once
+    torch.manual_seed(0)
+    base = _layer(cls).double().train()
+    for m in base.modules():  # non-trivial running statistics: eval-mode and frozen BN read them
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    fast = _convert_norms(copy.deepcopy(base), case)
+    plain = copy.deepcopy(fast)
+    plain.fused = False
+    x = torch.randn(2, 32, 6, 5, dtype=torch.float64, requires_grad=True)
+    stored = copy.deepcopy(fast)
+    stored.memory_efficient = False
+    numel_stored, _ = _saved_numel(lambda: stored(x))
+    numel_fast, out = _saved_numel(lambda: fast(x))
+    ref = plain(x)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(ref)
+    got = torch.autograd.grad(out, [x, *fast.parameters()], g)
+    want = torch.autograd.grad(ref, [x, *plain.parameters()], g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    for (name, a), (_, b) in zip(fast.named_buffers(), plain.named_buffers()):
+        torch.testing.assert_close(a, b, msg=name)
+    buffers = dict(fast.named_buffers())
+    before = dict(_convert_norms(copy.deepcopy(base), case).named_buffers())
+    if case == "plain":
+        assert int(fast.bn.num_batches_tracked) == 1
+        assert not torch.equal(buffers["bn.running_mean"], before["bn.running_mean"])
+    elif case == "sync":
+        assert int(fast.bn.num_batches_tracked) == 1
+    elif case in ("frozen", "eval_bn"):
+        for name, b in before.items():
+            torch.testing.assert_close(buffers[name], b, msg=name)
+    # the memory saving stays where every norm can be re-run exactly; a training SyncBatchNorm
+    # (which would synchronise again) stores everything
+    if case == "sync":
+        assert numel_fast == numel_stored
+    else:
+        assert numel_fast < 0.7 * numel_stored
+
+
+@pytest.mark.parametrize(
+    "cls, ablation",
+    [
+        (CotLayer, ""),
+        (CoXtLayer, ""),
+        (CotLayer, "concatenate"),
+        (CotLayer, "remove_key"),
+        (CoXtLayer, "qkv_3x3"),
+    ],
+)
+def test_fx_symbolic_trace_layer(cls, ablation):
+    # torch.fx: the step-by-step forward, the aggregation one leaf node; forward and backward
+    layer = _layer(cls, **ABLATIONS.get(ablation, {})).double().train()
+    traced = torch.fx.symbolic_trace(layer)
+    targets = [n.target for n in traced.graph.nodes if n.op == "call_function"]
+    assert any(getattr(t, "__name__", "") == "local_aggregate" for t in targets)
+    ref_layer = copy.deepcopy(layer)
+    x = torch.randn(2, 32, 5, 6, dtype=torch.float64, requires_grad=True)
+    out, ref = traced(x), ref_layer(x)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(ref)
+    got = torch.autograd.grad(out, [x, *traced.parameters()], g)
+    want = torch.autograd.grad(ref, [x, *ref_layer.parameters()], g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)

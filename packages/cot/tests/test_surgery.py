@@ -34,3 +34,24 @@ def test_filter_and_layer_class():
     assert isinstance(model.layer3[0].conv2, torch.nn.Conv2d)
     with torch.no_grad():
         assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 2048)
+
+
+def test_grouped_and_depthwise_convs_stay():
+    # ResNeXt's grouped 3x3 and depthwise 3x3 convs keep their grouping: a CoT layer would mix channels
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(64, 64, 3, padding=1, groups=32, bias=False),  # ResNeXt-style grouped
+        torch.nn.Conv2d(64, 64, 3, padding=1, groups=64, bias=False),  # depthwise
+        torch.nn.Conv2d(64, 64, 3, padding=1, bias=False),  # dense: replaced
+    )
+    assert replace_conv3x3(model) == ["2"]
+    assert model[0].groups == 32 and model[1].groups == 64 and isinstance(model[2], CotLayer)
+
+
+def test_dilated_conv_becomes_dilated_cot_layer():
+    model = timm.create_model("resnet50", num_classes=0, output_stride=16)
+    names = replace_conv3x3(model, filter_fn=lambda name, conv: name.startswith("layer4"))
+    assert names == ["layer4.0.conv2", "layer4.1.conv2", "layer4.2.conv2"]
+    # the first block keeps the previous dilation (timm's first_dilation), the others dilate by 2
+    assert [model.layer4[i].conv2.dilation for i in range(3)] == [1, 2, 2]
+    with torch.no_grad():
+        assert model.eval().forward_features(torch.randn(1, 3, 64, 64)).shape == (1, 2048, 4, 4)

@@ -2,7 +2,8 @@
 
 The dynamic context of a CoT block (Li et al., "Contextual Transformer Networks for Visual Recognition",
 TPAMI, Eq. 3) multiplies each value channel's K x K neighbourhood by attention weights that differ per
-pixel. The official code runs this as a CuPy CUDA kernel; here it is shift-and-accumulate: the centre tap
+pixel; a dilation d spreads the window's taps d pixels apart (dilated stages, ``output_stride`` 8 or
+16). The official code runs this as a CuPy CUDA kernel; here it is shift-and-accumulate: the centre tap
 starts the output and each of the other K*K - 1 offsets adds ``shifted value * weight`` into the window
 it reaches, in place. Nothing of size K*K times the value tensor is ever materialised, and in eager mode
 not even a padded copy of the value.
@@ -29,7 +30,9 @@ import torch.nn.functional as F
 __all__ = ["local_aggregate", "normed_local_aggregate"]
 
 
-def _check(value: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> None:
+def _check(value: torch.Tensor, weight: torch.Tensor, kernel_size: int, dilation: int) -> None:
+    if dilation < 1:
+        raise ValueError("local_aggregate needs dilation >= 1, got " + str(dilation))
     if (
         value.dim() != 4
         or weight.dim() != 5
@@ -50,23 +53,25 @@ def _check(value: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> None:
         )
 
 
-def _shift_accumulate(value: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
+def _shift_accumulate(
+    value: torch.Tensor, weight: torch.Tensor, kernel_size: int, dilation: int = 1
+) -> torch.Tensor:
     B, C, H, W = value.shape
     M = weight.shape[1]
-    pad = kernel_size // 2
+    pad = (kernel_size // 2) * dilation
     # (B, R, M, H', W'): channel c = r * M + m meets map m by broadcasting over R
     v = F.pad(value, [pad, pad, pad, pad]).view(B, C // M, M, H + 2 * pad, W + 2 * pad)
     w = weight.unsqueeze(1)
     out = v[:, :, :, 0:H, 0:W] * w[:, :, :, 0]
     for t in range(1, kernel_size * kernel_size):
-        i = t // kernel_size
-        j = t % kernel_size
+        i = (t // kernel_size) * dilation
+        j = (t % kernel_size) * dilation
         out.addcmul_(v[:, :, :, i : i + H, j : j + W], w[:, :, :, t])
     return out.view(B, C, H, W)
 
 
 def _tap_regions(
-    H: int, W: int, kernel_size: int
+    H: int, W: int, kernel_size: int, dilation: int = 1
 ) -> list[tuple[int, tuple[int, int, int, int], tuple[int, int, int, int]]]:
     """For each off-centre tap t: the output window it reaches and the input window it reads.
 
@@ -76,7 +81,7 @@ def _tap_regions(
     pad = kernel_size // 2
     regions = []
     for t in range(kernel_size * kernel_size):
-        di, dj = t // kernel_size - pad, t % kernel_size - pad
+        di, dj = (t // kernel_size - pad) * dilation, (t % kernel_size - pad) * dilation
         if di == 0 and dj == 0:
             continue
         h0, h1 = max(0, -di), min(H, H - di)
@@ -86,7 +91,9 @@ def _tap_regions(
     return regions
 
 
-def _shift_accumulate_eager(value: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
+def _shift_accumulate_eager(
+    value: torch.Tensor, weight: torch.Tensor, kernel_size: int, dilation: int = 1
+) -> torch.Tensor:
     # as _shift_accumulate, without the padded copy of the value: the centre tap initialises the output
     # and every other tap adds into the window it reaches (in-place updates of slices, which tracing and
     # TorchScript export would not express, hence eager only)
@@ -96,7 +103,7 @@ def _shift_accumulate_eager(value: torch.Tensor, weight: torch.Tensor, kernel_si
     w = weight.unsqueeze(1)
     centre = (kernel_size * kernel_size) // 2
     out = v * w[:, :, :, centre]
-    for t, (h0, h1, w0, w1), (a0, a1, b0, b1) in _tap_regions(H, W, kernel_size):
+    for t, (h0, h1, w0, w1), (a0, a1, b0, b1) in _tap_regions(H, W, kernel_size, dilation):
         out[..., h0:h1, w0:w1].addcmul_(v[..., a0:a1, b0:b1], w[:, :, :, t, h0:h1, w0:w1])
     return out.view(B, C, H, W)
 
@@ -107,14 +114,14 @@ ACCUMULATE_MIN_NUMEL = 1 << 16
 
 
 def _aggregate_backward(
-    g: torch.Tensor, value: torch.Tensor, weight: torch.Tensor, kernel_size: int
+    g: torch.Tensor, value: torch.Tensor, weight: torch.Tensor, kernel_size: int, dilation: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     B, C, H, W = value.shape
     M = weight.shape[1]
     R = C // M
     K = kernel_size
     centre = (K * K) // 2
-    regions = _tap_regions(H, W, K)
+    regions = _tap_regions(H, W, K, dilation)
     g = g.contiguous().view(B, R, M, H, W)
     v = value.view(B, R, M, H, W)
     # d out / d v: each tap's contribution goes back to the window its shifted value came from
@@ -142,8 +149,8 @@ def _aggregate_backward(
 # torch.compile alike: left to autograd (or to the compiler), every slice and broadcast of the K*K
 # in-place updates would get a full-size, zero-filled gradient of its own.
 @torch.library.custom_op("ctxnets_cot::local_aggregate", mutates_args=())
-def _aggregate_op(value: torch.Tensor, weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    return _shift_accumulate_eager(value.contiguous(), weight.contiguous(), kernel_size)
+def _aggregate_op(value: torch.Tensor, weight: torch.Tensor, kernel_size: int, dilation: int) -> torch.Tensor:
+    return _shift_accumulate_eager(value.contiguous(), weight.contiguous(), kernel_size, dilation)
 
 
 @_aggregate_op.register_fake
@@ -153,9 +160,9 @@ def _(value: torch.Tensor, *args: Any) -> torch.Tensor:
 
 @torch.library.custom_op("ctxnets_cot::local_aggregate_backward", mutates_args=())
 def _aggregate_backward_op(
-    grad_out: torch.Tensor, value: torch.Tensor, weight: torch.Tensor, kernel_size: int
+    grad_out: torch.Tensor, value: torch.Tensor, weight: torch.Tensor, kernel_size: int, dilation: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _aggregate_backward(grad_out, value.contiguous(), weight.contiguous(), kernel_size)
+    return _aggregate_backward(grad_out, value.contiguous(), weight.contiguous(), kernel_size, dilation)
 
 
 @_aggregate_backward_op.register_fake
@@ -166,15 +173,16 @@ def _(
 
 
 def _aggregate_op_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-    value, weight, kernel_size = inputs
+    value, weight, kernel_size, dilation = inputs
     ctx.save_for_backward(value, weight)
     ctx.kernel_size = kernel_size
+    ctx.dilation = dilation
 
 
-def _aggregate_op_backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+def _aggregate_op_backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     value, weight = ctx.saved_tensors
-    grad_value, grad_weight = _aggregate_backward_op(grad_out, value, weight, ctx.kernel_size)
-    return grad_value, grad_weight, None
+    grad_value, grad_weight = _aggregate_backward_op(grad_out, value, weight, ctx.kernel_size, ctx.dilation)
+    return grad_value, grad_weight, None, None
 
 
 _aggregate_op.register_autograd(_aggregate_op_backward, setup_context=_aggregate_op_setup)
@@ -198,11 +206,12 @@ def _normed_aggregate_op(
     eps: float,
     kernel_size: int,
     groups: int,
+    dilation: int,
 ) -> torch.Tensor:
     B, _, H, W = logits.shape
     w = _group_norm_fp32(logits, num_maps, gn_weight, gn_bias, eps, value.dtype)
     w = w.view(B * groups, num_maps // groups, -1, H, W)
-    return _shift_accumulate_eager(value.contiguous(), w, kernel_size)
+    return _shift_accumulate_eager(value.contiguous(), w, kernel_size, dilation)
 
 
 @_normed_aggregate_op.register_fake
@@ -221,6 +230,7 @@ def _normed_aggregate_backward_op(
     eps: float,
     kernel_size: int,
     groups: int,
+    dilation: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     # the GroupNorm is recomputed (float32 statistics) and differentiated with ATen's own backward
     dt = torch.promote_types(logits.dtype, torch.float32)
@@ -229,7 +239,7 @@ def _normed_aggregate_backward_op(
     gw = gn_weight.to(dt)
     w, mean, rstd = torch.native_group_norm(x, gw, gn_bias.to(dt), N, C, H * W, num_maps, eps)
     w = w.to(value.dtype).view(N * groups, num_maps // groups, -1, H, W)
-    grad_value, grad_w = _aggregate_backward(grad_out, value.contiguous(), w, kernel_size)
+    grad_value, grad_w = _aggregate_backward(grad_out, value.contiguous(), w, kernel_size, dilation)
     grad_x, grad_gw, grad_gb = torch.ops.aten.native_group_norm_backward(
         grad_w.reshape(N, C, H, W).to(dt), x, mean, rstd, gw, N, C, H * W, num_maps, [True, True, True]
     )
@@ -250,7 +260,7 @@ def _normed_aggregate_op_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.
 
 def _normed_aggregate_op_backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     grads = _normed_aggregate_backward_op(grad_out, *ctx.saved_tensors, *ctx.args)
-    return (*grads, None, None, None, None)
+    return (*grads, None, None, None, None, None)
 
 
 _normed_aggregate_op.register_autograd(
@@ -267,6 +277,7 @@ def normed_local_aggregate(
     eps: float = 1e-5,
     kernel_size: int = 3,
     groups: int = 1,
+    dilation: int = 1,
 ) -> torch.Tensor:
     """GroupNorm the attention logits, then :func:`local_aggregate` each of ``groups`` channel groups.
 
@@ -283,6 +294,7 @@ def normed_local_aggregate(
         eps: GroupNorm epsilon.
         kernel_size: K.
         groups: channel groups aggregated independently (CoXt: 2).
+        dilation: spacing of the window's taps.
 
     Returns:
         (B * groups, C / groups, H, W).
@@ -291,33 +303,37 @@ def normed_local_aggregate(
     dtype = torch.promote_types(value.dtype, logits.dtype)
     if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
         if not torch.jit.is_tracing():
-            _check(value, logits.view(B * groups, num_maps // groups, -1, H, W), kernel_size)
+            _check(value, logits.view(B * groups, num_maps // groups, -1, H, W), kernel_size, dilation)
             return _normed_aggregate_op(
-                value.to(dtype), logits, gn_weight, gn_bias, num_maps, eps, kernel_size, groups
+                value.to(dtype), logits, gn_weight, gn_bias, num_maps, eps, kernel_size, groups, dilation
             )
     w = _group_norm_fp32(logits, num_maps, gn_weight, gn_bias, eps, dtype)
-    return local_aggregate(value, w.view(B * groups, num_maps // groups, -1, H, W), kernel_size)
+    return local_aggregate(value, w.view(B * groups, num_maps // groups, -1, H, W), kernel_size, dilation)
 
 
-def local_aggregate(value: torch.Tensor, weight: torch.Tensor, kernel_size: int = 3) -> torch.Tensor:
+def local_aggregate(
+    value: torch.Tensor, weight: torch.Tensor, kernel_size: int = 3, dilation: int = 1
+) -> torch.Tensor:
     """Per-pixel weighted K x K sum with zero padding and strided channel sharing (Eq. 3).
 
-    ``out[b, c, h, w] = sum_{i,j} weight[b, c % M, i*K + j, h, w] * value[b, c, h + i - K//2, w + j - K//2]``
+    ``out[b, c, h, w] = sum_{i,j} weight[b, c % M, i*K + j, h, w] * value[b, c, h + d(i - K//2),
+    w + d(j - K//2)]`` for dilation d.
 
     Args:
         value: (B, C, H, W) value map V.
         weight: (B, M, K*K, H, W) attention weights, M dividing C; tap ``i * K + j`` is row i, column j.
         kernel_size: K, odd.
+        dilation: d, the spacing of the window's taps (1: a dense K x K window).
 
     Returns:
         (B, C, H, W) aggregated map, in the promoted dtype of ``value`` and ``weight``.
     """
-    _check(value, weight, kernel_size)
+    _check(value, weight, kernel_size, dilation)
     dtype = torch.promote_types(value.dtype, weight.dtype)
     value = value.to(dtype)
     weight = weight.to(dtype)
     if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
         if not torch.jit.is_tracing():
-            return _aggregate_op(value, weight, kernel_size)
+            return _aggregate_op(value, weight, kernel_size, dilation)
     # TorchScript and tracing (ONNX export): padded, whole-tensor ops only
-    return _shift_accumulate(value, weight, kernel_size)
+    return _shift_accumulate(value, weight, kernel_size, dilation)

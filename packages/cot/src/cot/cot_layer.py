@@ -12,6 +12,10 @@ A CoT layer replaces a 3x3 convolution (C -> C channels, stride 1):
 This follows the official implementation, which the released checkpoints were trained with, including
 its attribute names (``key_embed``, ``embed``, ``conv1x1``, ``bn``, ``se``). The ablations of the paper's
 Tables 5 and 6 are constructor options; :data:`ABLATIONS` names them.
+
+:meth:`CotLayer.forward` is the equations above, step by step. With ``fused=True`` (the default) eager
+and compiled runs take :func:`cot.fused.fused_forward` instead: the same results with fewer
+activations kept for backward. TorchScript, ONNX export (tracing) and torch.fx take the equations.
 """
 
 from __future__ import annotations
@@ -19,14 +23,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.fx
 import torch.nn as nn
-import torch.nn.functional as F
-import torch.utils.checkpoint
-from torch.autograd.function import once_differentiable
 
-from cot.aggregation import normed_local_aggregate
+from cot.aggregation import local_aggregate
+from cot.fused import fused_forward
 
 __all__ = ["ABLATIONS", "CoXtLayer", "CotLayer"]
+
+# torch.fx.symbolic_trace: the aggregation (shape checks, custom operator) is one node of the graph
+torch.fx.wrap("local_aggregate")
 
 _CONTEXTS = ("both", "static", "dynamic")
 _FUSIONS = ("attn", "sum", "concat")
@@ -47,61 +53,6 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 }
 
 
-class _SiluFusion(torch.autograd.Function):
-    """``s * a0 + k * a1`` with ``s = SiLU(u)`` given, keeping ``u`` rather than ``s`` for backward (one
-    activation fewer: ``u`` is kept anyway for the SiLU in the fusion's pooled input)."""
-
-    @staticmethod
-    def forward(
-        ctx: Any, u: torch.Tensor, s: torch.Tensor, k: torch.Tensor, a0: torch.Tensor, a1: torch.Tensor
-    ) -> torch.Tensor:
-        ctx.save_for_backward(u, k, a0, a1)
-        return torch.mul(s, a0).addcmul_(k, a1)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        u, k, a0, a1 = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        grad_u = grad_k = grad_a0 = grad_a1 = None
-        if need[0]:
-            grad_u = torch.ops.aten.silu_backward(g * a0, u).to(u.dtype)
-        if need[2]:
-            grad_k = (g * a1).to(k.dtype)
-        # per-(batch, channel) dot products over H*W (vecdot reads each operand once, no product tensor)
-        gf = g.flatten(2)
-        if need[3]:
-            grad_a0 = torch.linalg.vecdot(gf, F.silu(u).to(g.dtype).flatten(2)).view(a0.shape).to(a0.dtype)
-        if need[4]:
-            grad_a1 = torch.linalg.vecdot(gf, k.to(g.dtype).flatten(2)).view(a1.shape).to(a1.dtype)
-        return grad_u, None, grad_k, grad_a0, grad_a1
-
-
-def _bn_recompute(
-    x: torch.Tensor,
-    running_mean: torch.Tensor,
-    running_var: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    eps: float,
-) -> torch.Tensor:
-    # a training-mode BN recomputed for backward: the same batch statistics; the running statistics it
-    # updates are throw-away copies, so the module's move once, and the same tensors are saved as before
-    return F.batch_norm(x, running_mean.clone(), running_var.clone(), weight, bias, True, 0.1, eps)
-
-
-def _silu_fusion(
-    u: torch.Tensor, s: torch.Tensor, k: torch.Tensor, a0: torch.Tensor, a1: torch.Tensor
-) -> torch.Tensor:
-    """Radix-2 fusion ``SiLU(u) * a0 + k * a1`` given ``s = SiLU(u)``: (B, C, H, W)."""
-    if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
-        if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
-            if torch.is_grad_enabled():
-                return _SiluFusion.apply(u, s.detach(), k, a0, a1)
-            return s.mul_(a0).addcmul_(k, a1)  # inference: s is not needed afterwards
-    return s * a0 + k * a1
-
-
 class CotLayer(nn.Module):
     """Contextual Transformer layer: (B, C, H, W) -> (B, C, H, W).
 
@@ -113,15 +64,18 @@ class CotLayer(nn.Module):
         groups: groups of the attention and value 1x1 convs; the aggregation runs per group (CoXt: 2).
         share_planes: value channels sharing one attention map (there are C / share_planes maps).
         factor: the attention embedding's reduction, 2C -> C / factor.
-        radix: branches of the fusion (2: dynamic and static context).
+        radix: branches of the fusion; only 2 (the dynamic and the static context).
         reduction_factor: fusion bottleneck is ``max(dim * radix // reduction_factor, 32)``.
         context: "both" (CoT), "static" (K1 only) or "dynamic" (K2 only), Table 5.
         fusion: "attn" (CoT), "sum" (Linear Fusion) or "concat" (Concatenate + 1x1 conv), Table 5.
         attn_input: "qk" (CoT), "k" (Remove Query) or "q" (Remove Key), Table 6.
         qkv_3x3: 3x3 convs for query (groups 4), key and value (groups 2), Table 6 "3x3*".
-        memory_efficient: in training keep only the outputs of the convolutions on x and recompute the
-            rest of the layer (element-wise work and two small 1x1 convs) in backward; same results,
-            less memory.
+        dilation: spacing of the taps of every K x K window (static key conv, aggregation, 3x3 convs);
+            greater than 1 in the dilated stages of ``output_stride`` 8 or 16.
+        fused: run :func:`cot.fused.fused_forward` in eager mode and under torch.compile (same results).
+        memory_efficient: with ``fused``, in training keep only the outputs of the convolutions on x and
+            recompute the rest of the layer in backward; same results, less memory. Layers whose norms
+            cannot be re-run exactly (SyncBatchNorm in training, unknown norm types) store everything.
     """
 
     def __init__(
@@ -140,6 +94,8 @@ class CotLayer(nn.Module):
         fusion: str = "attn",
         attn_input: str = "qk",
         qkv_3x3: bool = False,
+        dilation: int = 1,
+        fused: bool = True,
         memory_efficient: bool = True,
     ) -> None:
         super().__init__()
@@ -153,19 +109,30 @@ class CotLayer(nn.Module):
                 f"dim={dim} must be divisible by share_planes*groups={share_planes * groups} and "
                 f"key_groups={key_groups}, and kernel_size={kernel_size} must be odd"
             )
+        if radix != 2:
+            raise ValueError(
+                f"radix must be 2: the fusion's split attention weighs the two contexts K1 and K2 "
+                f"(got radix={radix})"
+            )
+        if dilation < 1:
+            raise ValueError(f"dilation must be >= 1, got {dilation}")
         self.dim = dim
         self.kernel_size = kernel_size
+        self.dilation = dilation
         self.groups = groups
         self.radix = radix
         self.context = context
         self.fusion = fusion
         self.attn_input = attn_input
         self.interleave_qk = groups > 1
+        self.fused = fused
         self.memory_efficient = memory_efficient
         kk = key_kernel_size or kernel_size
 
         self.key_embed = nn.Sequential(
-            nn.Conv2d(dim, dim, kk, padding=kk // 2, groups=key_groups, bias=False),
+            nn.Conv2d(
+                dim, dim, kk, padding=kk // 2 * dilation, dilation=dilation, groups=key_groups, bias=False
+            ),
             nn.BatchNorm2d(dim),
             nn.ReLU(inplace=True),
         )
@@ -183,7 +150,7 @@ class CotLayer(nn.Module):
 
         if qkv_3x3:
             self.conv_q = nn.Sequential(
-                nn.Conv2d(dim, dim, 3, padding=1, groups=4, bias=False),
+                nn.Conv2d(dim, dim, 3, padding=dilation, dilation=dilation, groups=4, bias=False),
                 nn.BatchNorm2d(dim),
                 nn.ReLU(inplace=True),
             )
@@ -198,7 +165,7 @@ class CotLayer(nn.Module):
             nn.GroupNorm(num_maps, kernel_size * kernel_size * num_maps),
         )
         if qkv_3x3:
-            value_conv = nn.Conv2d(dim, dim, 3, padding=1, groups=2, bias=False)
+            value_conv = nn.Conv2d(dim, dim, 3, padding=dilation, dilation=dilation, groups=2, bias=False)
         else:
             value_conv = nn.Conv2d(dim, dim, 1, groups=groups, bias=False)
         self.conv1x1 = nn.Sequential(value_conv, nn.BatchNorm2d(dim))
@@ -217,139 +184,50 @@ class CotLayer(nn.Module):
             nn.Conv2d(attn_chs, radix * dim, 1),
         )
 
-    def _query_embed(self, x: torch.Tensor) -> torch.Tensor | None:
-        """The query's half of the attention embedding's first conv, (B, C / factor, H, W), or None.
-
-        conv([q, k]) is computed as conv(q) + conv(k) on the split weight: the same result without the
-        2C-channel concatenation. CoXt interleaves q and k channel by channel.
-        """
-        if self.attn_input == "k":
-            return None
-        q = x
-        if self.conv_q is not None:
-            q = self.conv_q(x)
-        weight = self.embed[0].weight
-        if self.attn_input == "q":
-            return F.conv2d(q, weight, groups=self.groups)
-        wq = weight[:, 0::2] if self.interleave_qk else weight[:, : self.dim]
-        return F.conv2d(q, wq, groups=self.groups)
-
-    def _attention_logits(self, hq: torch.Tensor | None, k: torch.Tensor, update_stats: bool) -> torch.Tensor:
-        """The attention embedding up to (not including) its GroupNorm: (B, K*K*M, H, W)."""
-        weight = self.embed[0].weight
-        if hq is None:
-            h = F.conv2d(k, weight, groups=self.groups)
-        elif self.attn_input == "q":
-            h = hq
-        else:
-            wk = weight[:, 1::2] if self.interleave_qk else weight[:, self.dim :]
-            h = hq + F.conv2d(k, wk, groups=self.groups)
-        bn = self.embed[1]
-        if update_stats or not self.training:
-            h = bn(h)
-        else:
-            h = _bn_recompute(h, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
-        return self.embed[3](self.embed[2](h))
-
-    def _context(
-        self, k_pre: torch.Tensor, z: torch.Tensor, hq: torch.Tensor | None, update_stats: bool = True
-    ) -> torch.Tensor:
-        """Everything after the three convolutions on x: (B, C, H, W).
-
-        Args:
-            k_pre: the static key conv's output (before its BN).
-            z: the value conv's output (before its BN).
-            hq: :meth:`_query_embed` of x.
-            update_stats: False when recomputing in backward (BN running statistics move once).
-        """
-        B, C, H, W = k_pre.shape
-        g = self.groups
-        # a recomputation pass must not move the BN running statistics a second time
-        update_stats = update_stats or not self.training
-        bn = self.key_embed[1]
-        if update_stats:
-            k = bn(k_pre)
-        else:  # (mypy types a Sequential's items as plain Modules)
-            k = _bn_recompute(k_pre, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)  # type: ignore[arg-type]
-        k = self.key_embed[2](k)
-        logits = self._attention_logits(hq, k, update_stats)
-        bn = self.conv1x1[1]
-        if update_stats:
-            value = bn(z)
-        else:
-            value = _bn_recompute(z, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
-        v = normed_local_aggregate(
-            value.view(B * g, C // g, H, W),
-            logits,
-            self.embed[4].weight,
-            self.embed[4].bias,
-            self.embed[4].num_groups,
-            self.embed[4].eps,
-            self.kernel_size,
-            g,
-        )
-        v = v.view(B, C, H, W)
-        if update_stats:
-            u = self.bn(v)
-        else:
-            u = _bn_recompute(
-                v, self.bn.running_mean, self.bn.running_var, self.bn.weight, self.bn.bias, self.bn.eps
-            )
-        if self.se is not None:
-            s = F.silu(u)
-            gap = s.mean((2, 3), keepdim=True) + k.mean((2, 3), keepdim=True)
-            a = self.se[0](gap)
-            bn = self.se[1]
-            if update_stats:
-                a = bn(a)
-            else:
-                a = _bn_recompute(a, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
-            a = self.se[3](self.se[2](a))
-            # channel 2c of the fusion logits weighs K2 at channel c, channel 2c + 1 weighs K1
-            a = a.view(B, C, self.radix).softmax(dim=2)
-            return _silu_fusion(u, s, k, a[:, :, 0].view(B, C, 1, 1), a[:, :, 1].view(B, C, 1, 1))
-        v = self.act(u)
-        if self.context == "dynamic":
-            return v
-        if self.fuse is not None:
-            return self.fuse(torch.cat([v, k], dim=1))
-        return v + k  # Linear Fusion
-
-    @torch.jit.unused
-    def _checkpointed(self, k_pre: torch.Tensor, z: torch.Tensor, hq: torch.Tensor | None) -> torch.Tensor:
-        # Only the convolutions' outputs on x are kept; the key's BN/ReLU, the attention embedding after
-        # its query half (one 1x1 conv on k, BN, ReLU, the logits conv), the GroupNorm, the aggregation
-        # and the fusion are recomputed in backward: element-wise work and two small 1x1 convs, in
-        # exchange for five activations fewer per layer (K1, the embedding's BN input and output, the
-        # logits and the aggregate).
-        calls = [0]
-
-        def run(k_pre: torch.Tensor, z: torch.Tensor, hq: torch.Tensor | None) -> torch.Tensor:
-            calls[0] += 1
-            return self._context(k_pre, z, hq, update_stats=calls[0] == 1)
-
-        return torch.utils.checkpoint.checkpoint(run, k_pre, z, hq, use_reentrant=False)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
-        k_pre = self.key_embed[0](x)
-        if self.embed is None:
-            return self.key_embed[2](self.key_embed[1](k_pre))  # Static Context ablation
-        z = self.conv1x1[0](x)
-        hq = self._query_embed(x)
         if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
-            if (
-                self.memory_efficient
-                and self.training
-                and torch.is_grad_enabled()
-                and not torch.jit.is_tracing()
-            ):
-                if torch.compiler.is_compiling():
-                    # the compiler recomputes the region inside its backward graph, where the running
-                    # statistics (updated once, after the forward graph) cannot move twice
-                    return torch.utils.checkpoint.checkpoint(self._context, k_pre, z, hq, use_reentrant=False)
-                return self._checkpointed(k_pre, z, hq)
-        return self._context(k_pre, z, hq)
+            if self.fused and not torch.jit.is_tracing() and not isinstance(x, torch.fx.Proxy):
+                return fused_forward(self, x)
+        k1 = self.key_embed(x)  # Eq. 1: static context, the keys contextualised by a K x K conv
+        if self.embed is None:
+            return k1  # Static Context ablation
+        q = x if self.conv_q is None else self.conv_q(x)
+        a = self.embed(self._attention_input(q, k1))  # Eq. 2: A = [K1, Q] W_theta W_delta (+ GroupNorm)
+        v = self.conv1x1(x)  # value V = X W_v
+        k2 = self.act(self.bn(self._aggregate(v, a)))  # Eq. 3: K2 = V (*) A, the dynamic context
+        return self._fuse(k1, k2)
+
+    def _attention_input(self, q: torch.Tensor, k1: torch.Tensor) -> torch.Tensor:
+        """[Q, K1] on channels (B, 2C, H, W); CoXt interleaves them channel by channel (q0, k0, q1, ...)."""
+        if self.attn_input == "q":
+            return q  # Remove Key ablation
+        if self.attn_input == "k":
+            return k1  # Remove Query ablation
+        if self.interleave_qk:
+            return torch.stack([q, k1], dim=2).flatten(1, 2)
+        return torch.cat([q, k1], dim=1)
+
+    def _aggregate(self, v: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Eq. 3 per channel group: (B, C, H, W) values, (B, M*K*K, H, W) weights -> (B, C, H, W)."""
+        g, kk = self.groups, self.kernel_size * self.kernel_size
+        v = v.unflatten(1, (g, -1)).flatten(0, 1)  # (B*g, C/g, H, W)
+        a = a.unflatten(1, (g, -1, kk)).flatten(0, 1)  # (B*g, M/g, K*K, H, W)
+        out = local_aggregate(v, a, self.kernel_size, self.dilation)
+        return out.unflatten(0, (-1, g)).flatten(1, 2)
+
+    def _fuse(self, k1: torch.Tensor, k2: torch.Tensor) -> torch.Tensor:
+        """Fusion of the two contexts (Sec. 3.2; Table 5 ablations): (B, C, H, W)."""
+        if self.se is not None:
+            # split attention: channel 2c of the logits weighs K2 at channel c, channel 2c + 1 weighs K1
+            logits = self.se((k1 + k2).mean((2, 3), keepdim=True))
+            a = logits.unflatten(1, (-1, self.radix)).softmax(dim=2)  # (B, C, 2, 1, 1)
+            return k2 * a[:, :, 0] + k1 * a[:, :, 1]
+        if self.context == "dynamic":
+            return k2
+        if self.fuse is not None:
+            return self.fuse(torch.cat([k2, k1], dim=1))
+        return k2 + k1  # Linear Fusion
 
 
 class CoXtLayer(CotLayer):

@@ -6,17 +6,29 @@ CoTNet-50/101 are ResNets whose every bottleneck 3x3 conv is a :class:`~cot.cot_
 (deep stem, no max-pool, average-pool shortcuts) with SE 3x3 convs in res2-res3, alternating SE conv / CoT
 in res4 and CoT in res5 (Table 7). Module names equal the official ones so released checkpoints load with
 ``load_state_dict(strict=True)``.
+
+As timm's ResNet, the backbones take ``output_stride`` 8 or 16 (the last stages keep their resolution and
+dilate their CoT windows and SE convs instead, for DeepLab-style segmentation) and ``drop_block_rate``
+(DropBlock in the last two stages); every model is torch.fx-traceable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, cast
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import BlurPool2d, DropPath, create_classifier
+from timm.layers import (
+    BlurPool2d,
+    DropBlock2d,
+    DropPath,
+    create_classifier,
+    drop_block_2d,
+)
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from cot.cot_layer import CotLayer, CoXtLayer
@@ -27,15 +39,41 @@ from ctxnets_shared.models import build_model_with_args, check_image_input, feat
 __all__ = ["CoTNet", "CotBottleneck"]
 
 _CONV_TYPES = ("cot", "se", "alt")
+_OUTPUT_STRIDES = (8, 16, 32)
+
+# torch.fx: the input check and DropBlock's mask sampling (Python control flow on shapes) are single nodes
+# of a traced graph; ctxnets_shared registers the check for timm's FX feature extraction, fx.wrap makes
+# both leaves of a plain torch.fx.symbolic_trace too
+torch.fx.wrap("check_image_input")
+torch.fx.wrap("drop_block_2d")
+
+
+class _DropBlock(DropBlock2d):
+    """timm's DropBlock2d (timm's ResNet options) whose mask sampling, which branches on the map size, is
+    one node of a torch.fx graph."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not self.drop_prob:
+            return x
+        return drop_block_2d(
+            x,
+            self.drop_prob,
+            self.block_size,
+            self.gamma_scale,
+            self.with_noise,
+            self.inplace,
+            self.couple_channels,
+            self.scale_by_keep,
+        )
 
 
 class CotBottleneck(nn.Module):
     """ResNet bottleneck whose 3x3 conv is a CoT layer (or SE-CoTNetD's SE conv).
 
-    ``conv1 -> bn1 -> ReLU -> [avd] -> conv2 -> [aa] -> conv3 -> bn3 -> [attn] -> drop_path -> + shortcut
-    -> ReLU``. A stride-2 block down-samples around conv2, because a CoT layer has stride 1: an average pool
-    before it (``avd``) or, for SE-CoTNetD-152, a blur pool after it (``aa``). The optional ``attn`` module
-    (the composition hook) sits after the last 1x1 conv + BN, before the residual add.
+    ``conv1 -> bn1 -> ReLU -> [avd] -> conv2 -> [drop_block] -> [aa] -> conv3 -> bn3 -> [attn] -> drop_path
+    -> + shortcut -> ReLU``. A stride-2 block down-samples around conv2, because a CoT layer has stride 1:
+    an average pool before it (``avd``) or, for SE-CoTNetD-152, a blur pool after it (``aa``). The optional
+    ``attn`` module (the composition hook) sits after the last 1x1 conv + BN, before the residual add.
 
     Args:
         in_chs: input channels.
@@ -46,8 +84,10 @@ class CotBottleneck(nn.Module):
         cardinality: 1 for CoT, 2 for CoXt.
         base_width: per-group width at ``planes=64`` (64 CoT, 48 CoXt).
         blur_down: blur-pool after conv2 instead of average-pool before it (SE-CoTNetD-152).
+        dilation: dilation of conv2's K x K windows (dilated stages).
         attn_layer: attention after bn3 (a name, a callable ``channels -> nn.Module``, or None).
         drop_path: stochastic depth rate of the residual branch.
+        drop_block: DropBlock layer factory applied after conv2, or None.
         cot_kwargs: extra :class:`CotLayer` options (ablations).
     """
 
@@ -63,8 +103,10 @@ class CotBottleneck(nn.Module):
         cardinality: int = 1,
         base_width: int = 64,
         blur_down: bool = False,
+        dilation: int = 1,
         attn_layer: AttnLayerSpec = None,
         drop_path: float = 0.0,
+        drop_block: Callable[[], nn.Module] | None = None,
         cot_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -77,11 +119,13 @@ class CotBottleneck(nn.Module):
         self.avd: nn.Module = nn.AvgPool2d(3, stride, padding=1) if down_before else nn.Identity()
         if conv_type == "cot":
             layer_cls = CotLayer if cardinality == 1 else CoXtLayer
-            self.conv2: nn.Module = layer_cls(width, **dict(dict(kernel_size=3), **(cot_kwargs or {})))
+            options = dict(dict(kernel_size=3), **(cot_kwargs or {}))
+            self.conv2: nn.Module = layer_cls(width, **dict(options, dilation=dilation))
         elif conv_type == "se":
-            self.conv2 = SeConv2d(width, width, stride=1 if blur_down else stride)
+            self.conv2 = SeConv2d(width, width, stride=1 if blur_down else stride, dilation=dilation)
         else:
             raise ValueError(f"conv_type must be 'cot' or 'se', got {conv_type!r}")
+        self.drop_block: nn.Module = drop_block() if drop_block is not None else nn.Identity()
         down_after = stride > 1 and blur_down
         self.aa: nn.Module = BlurPool2d(width, filt_size=3, stride=stride) if down_after else nn.Identity()
         self.conv3 = nn.Conv2d(width, out_chs, 1, bias=False)
@@ -99,7 +143,7 @@ class CotBottleneck(nn.Module):
         """(B, in_chs, H, W) -> (B, 4 * planes, H / stride, W / stride)."""
         shortcut = self.downsample(x)
         x = self.act1(self.bn1(self.conv1(x)))
-        x = self.aa(self.conv2(self.avd(x)))
+        x = self.aa(self.drop_block(self.conv2(self.avd(x))))
         x = self.attn(self.bn3(self.conv3(x)))
         return self.act3(self.drop_path(x) + shortcut)
 
@@ -131,6 +175,10 @@ class CoTNet(nn.Module):
         global_pool: timm pool type ("avg", "max", "avgmax", "catavgmax", "" for none).
         drop_rate: dropout before the classifier.
         drop_path_rate: stochastic depth, increasing linearly to this rate over the blocks.
+        drop_block_rate: DropBlock drop probability in the last two stages (block sizes 5 and 3, as timm's
+            ResNet); 0 disables it.
+        output_stride: 32, or 16 / 8 for dilated last stages (as timm's ResNet): from the stage that would
+            reach a larger stride on, blocks keep stride 1 and dilate their 3x3 windows instead (2, then 4).
         attn_layer: attention module inserted after bn3 of every block of ``attn_stages``.
         attn_stages: 0-based stage indices (0 = ``layer1``) that get ``attn_layer``.
         cot_kwargs: options for every CoT layer (see :data:`cot.cot_layer.ABLATIONS`).
@@ -156,6 +204,8 @@ class CoTNet(nn.Module):
         global_pool: str = "avg",
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        drop_block_rate: float = 0.0,
+        output_stride: int = 32,
         attn_layer: AttnLayerSpec = None,
         attn_stages: Sequence[int] = (0, 1, 2, 3),
         cot_kwargs: dict[str, Any] | None = None,
@@ -168,6 +218,10 @@ class CoTNet(nn.Module):
         for option, indices in (("attn_stages", attn_stages), ("recompute_stages", recompute_stages)):
             if any(i not in range(4) for i in indices):
                 raise ValueError(f"{option} are 0-based stage indices in 0..3, got {tuple(indices)}")
+        if output_stride not in _OUTPUT_STRIDES:
+            raise ValueError(f"output_stride must be one of {_OUTPUT_STRIDES}, got {output_stride!r}")
+        if not 0.0 <= drop_block_rate < 1.0:
+            raise ValueError(f"drop_block_rate must be in [0, 1), got {drop_block_rate!r}")
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
@@ -194,10 +248,21 @@ class CoTNet(nn.Module):
         stages: list[nn.Sequential] = []
         total_blocks = sum(layers)
         block_idx = 0
-        reduction = 2 if deep_stem else 4  # after the max-pool
+        net_stride = 2 if deep_stem else 4  # after the max-pool
+        dilation = prev_dilation = 1
+        drop_blocks = [None, None] + [
+            partial(_DropBlock, drop_prob=drop_block_rate, block_size=size, gamma_scale=gamma)
+            if drop_block_rate > 0
+            else None
+            for size, gamma in ((5, 0.25), (3, 1.0))
+        ]
         for stage_idx, (planes, depth) in enumerate(zip((64, 128, 256, 512), layers)):
             stride = 2 if (stage_idx > 0 or deep_stem) else 1
-            reduction *= stride
+            if net_stride >= output_stride:  # dilate instead of striding (output_stride 8 / 16)
+                dilation *= stride
+                stride = 1
+            else:
+                net_stride *= stride
             out_chs = planes * CotBottleneck.expansion
             blocks = []
             for i in range(depth):
@@ -214,16 +279,20 @@ class CoTNet(nn.Module):
                         cardinality=cardinality,
                         base_width=base_width,
                         blur_down=blur_down,
+                        # the first block keeps the previous dilation, where the stride would have been
+                        dilation=prev_dilation if i == 0 else dilation,
                         attn_layer=attn_layer if stage_idx in attn_stages else None,
                         drop_path=drop_path_rate * block_idx / max(total_blocks - 1, 1),
+                        drop_block=drop_blocks[stage_idx],
                         cot_kwargs={"memory_efficient": stage_idx in recompute_stages, **(cot_kwargs or {})},
                     )
                 )
                 in_chs = out_chs
                 block_idx += 1
+            prev_dilation = dilation
             stages.append(nn.Sequential(*blocks))
             self.feature_info.append(
-                dict(num_chs=out_chs, reduction=reduction, module=f"layer{stage_idx + 1}")
+                dict(num_chs=out_chs, reduction=net_stride, module=f"layer{stage_idx + 1}")
             )
 
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
@@ -274,7 +343,8 @@ class CoTNet(nn.Module):
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Features of the stem (index 0, stride 2) and of ``layer1`` .. ``layer4`` (indices 1-4, 4-32).
+        """Features of the stem (index 0, stride 2) and of ``layer1`` .. ``layer4`` (indices 1-4, strides 4-32
+        capped at ``output_stride``).
 
         Args:
             x: (B, in_chans, H, W) images, H and W >= 32.
@@ -321,7 +391,7 @@ class CoTNet(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, H, W) -> (B, num_features, H / 32, W / 32)."""
+        """(B, in_chans, H, W) -> (B, num_features, H / output_stride, W / output_stride)."""
         x = self.maxpool(self._stem(x))
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq([self.layer1, self.layer2, self.layer3, self.layer4], x, flatten=True)
@@ -342,13 +412,14 @@ class CoTNet(nn.Module):
 
 
 def _create_cotnet(variant: str, pretrained: bool = False, **kwargs: Any) -> CoTNet:
-    return build_model_with_args(
+    model = build_model_with_args(
         CoTNet,
         variant,
         pretrained,
         feature_cfg=dict(feature_cls="getter", out_indices=(1, 2, 3, 4)),
         **kwargs,
     )
+    return cast(CoTNet, model)
 
 
 _PAPER = "Contextual Transformer Networks for Visual Recognition"
