@@ -63,9 +63,9 @@ class CFFNBlock(nn.Module):
         super().__init__()
         self.norm = nn.BatchNorm2d(dim)
         self.mlp = CFFN(dim, int(dim * mlp_ratio), act_layer)
-        self.attn: nn.Module = create_attn_layer(attn_layer, dim) or nn.Identity()
+        self.attn_hook: nn.Module = create_attn_layer(attn_layer, dim) or nn.Identity()
         self.drop_path: nn.Module = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
-        return x + self.drop_path(self.attn(self.mlp(self.norm(x))))
+        return x + self.drop_path(self.attn_hook(self.mlp(self.norm(x))))

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.fx
 import torch.nn as nn
 from timm.layers import get_act_layer, register_notrace_function, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
@@ -33,8 +34,10 @@ __all__ = ["HiriStage", "HiriViT"]
 NUM_STAGES = 5
 HEAD_TYPES = ("class_attn", "avg")
 
-# the input check branches on shapes; FX must call it rather than trace into it
+# the input check branches on shapes: FX tracers (timm's, torch.fx's, torchvision's feature extractor) must
+# record it as one call instead of tracing into it
 register_notrace_function(check_image_input)
+torch.fx.wrap("check_image_input")
 
 
 class HiriStage(nn.Module):

@@ -69,7 +69,7 @@ class HRBlock(nn.Module):
                 fc2=nn.Conv2d(hidden, dim, 1),
             )
         )
-        self.attn: nn.Module = create_attn_layer(attn_layer, dim) or nn.Identity()
+        self.attn_hook: nn.Module = create_attn_layer(attn_layer, dim) or nn.Identity()
         self.drop_path: nn.Module = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def branch(self, n: torch.Tensor) -> torch.Tensor:
@@ -79,4 +79,4 @@ class HRBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
-        return x + self.drop_path(self.attn(self.branch(self.norm(x))))
+        return x + self.drop_path(self.attn_hook(self.branch(self.norm(x))))
