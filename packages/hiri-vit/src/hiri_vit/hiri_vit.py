@@ -103,6 +103,9 @@ class HiriViT(nn.Module):
             of every block of ``attn_stages``, before the residual add (e.g. "gc" from gcnet, "se", "eca").
         attn_stages: 0-based stage indices (0..4) that get ``attn_layer``.
         fused_attn: ``F.scaled_dot_product_attention`` (True) or the plain attention formula.
+        channels_last: run in channels-last memory from the stem on (the same values; on CPU oneDNN's
+            depthwise and 1x1 convolutions are about 1.6x faster that way, and the token stages use that
+            layout anyway). Feature maps are still (B, C, H, W) tensors, with channels-last strides.
     """
 
     def __init__(
@@ -125,6 +128,7 @@ class HiriViT(nn.Module):
         attn_layer: AttnLayerSpec = None,
         attn_stages: Sequence[int] = (0, 1, 2, 3, 4),
         fused_attn: bool = True,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         dims = _per_stage("embed_dims", embed_dims, NUM_STAGES)
@@ -147,6 +151,7 @@ class HiriViT(nn.Module):
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
+        self.channels_last = channels_last
         self.num_features = self.head_hidden_size = dims[-1]
         self.grad_checkpointing = False
 
@@ -245,8 +250,11 @@ class HiriViT(nn.Module):
         self.num_classes = num_classes
         self.head.reset(num_classes, global_pool)
 
-    def _check(self, x: torch.Tensor) -> None:
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
         check_image_input(x, self.in_chans, self.min_img_size)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.stem(x)
 
     def forward_intermediates(
         self,
@@ -270,8 +278,7 @@ class HiriViT(nn.Module):
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(NUM_STAGES, indices)
-        self._check(x)
-        x = self.stem(x)
+        x = self._stem(x)
         stages = self.stages[: max_index + 1] if stop_early else self.stages
         intermediates = []
         for i, stage in enumerate(stages):
@@ -297,9 +304,8 @@ class HiriViT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> (B, C5, H / 64, W / 64) (ceil at odd sizes)."""
-        self._check(x)
         # with grad checkpointing on, each stage checkpoints its blocks (HiriStage.forward)
-        return self.stages(self.stem(x))
+        return self.stages(self._stem(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(B, C5, h, w) -> (B, num_classes) logits, (B, C5) if ``pre_logits``; per location if not pooled."""
