@@ -84,3 +84,19 @@ def test_benchmark_per_model_sizes() -> None:
     assert [(r.name, r.img_size) for r in res] == [("a", 32), ("b", 96)]
     by = {r.name: r for r in res}
     assert by["b"].peak_mem_mb > by["a"].peak_mem_mb  # the larger input really ran: 9x the activations
+
+
+def test_memory_measurement_prints_nothing() -> None:
+    """The profiler's native log lines (kineto's ``profiler_start``) never reach the terminal."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from ctxnets_shared.profiling.bench import _cpu_peak_mb\n"
+        "_cpu_peak_mb(lambda: torch.randn(64, 64) @ torch.randn(64, 64))\n"
+        "print('done')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "done"
+    assert "profiler" not in out.stderr and "USDT" not in out.stderr
