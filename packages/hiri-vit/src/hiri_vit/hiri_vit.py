@@ -18,10 +18,10 @@ import torch
 import torch.fx
 import torch.nn as nn
 from timm.layers import get_act_layer, register_notrace_function, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from ctxnets_shared.layers import AttnLayerSpec
-from ctxnets_shared.models import check_image_input, feature_take_indices, paper_cfg
+from ctxnets_shared.models import build_model_with_args, check_image_input, feature_take_indices, paper_cfg
 from hiri_vit.cffn import CFFNBlock
 from hiri_vit.heads import AvgPoolHead, ClassAttentionHead
 from hiri_vit.hr_block import HRBlock
@@ -329,7 +329,7 @@ class HiriViT(nn.Module):
 
 
 def _create_hiri_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> HiriViT:
-    return build_model_with_cfg(
+    return build_model_with_args(
         HiriViT,
         variant,
         pretrained,
