@@ -328,7 +328,7 @@ class HiriViT(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _create_hiri_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> HiriViT:
+def _create_hiri_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     return build_model_with_args(
         HiriViT,
         variant,
@@ -374,7 +374,7 @@ default_cfgs = generate_default_cfgs(
 
 
 @register_model
-def hiri_vit_s(pretrained: bool = False, **kwargs: Any) -> HiriViT:
+def hiri_vit_s(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """HIRI-ViT-S (Table I): C = 32, 64, 128, 320, 512; d = 2, 2, 2, 9, 4."""
     args = dict(
         embed_dims=(32, 64, 128, 320, 512),
@@ -386,7 +386,7 @@ def hiri_vit_s(pretrained: bool = False, **kwargs: Any) -> HiriViT:
 
 
 @register_model
-def hiri_vit_b(pretrained: bool = False, **kwargs: Any) -> HiriViT:
+def hiri_vit_b(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """HIRI-ViT-B (Table I): C = 64, 96, 192, 320, 640; d = 2, 2, 3, 17, 4."""
     args = dict(
         embed_dims=(64, 96, 192, 320, 640),
@@ -398,7 +398,7 @@ def hiri_vit_b(pretrained: bool = False, **kwargs: Any) -> HiriViT:
 
 
 @register_model
-def hiri_vit_l(pretrained: bool = False, **kwargs: Any) -> HiriViT:
+def hiri_vit_l(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """HIRI-ViT-L (Table I): C = 80, 160, 224, 448, 640; d = 4, 4, 5, 25, 5."""
     args = dict(
         embed_dims=(80, 160, 224, 448, 640),
