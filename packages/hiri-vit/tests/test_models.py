@@ -190,7 +190,7 @@ def test_grad_checkpointing_same_outputs_and_grads():
     a = timm.create_model("hiri_vit_s", num_classes=5).train()
     b = copy.deepcopy(a)
     b.set_grad_checkpointing(True)
-    x = _x()
+    x = _x(2, 64)
     ya, yb = a(x), b(x)
     torch.testing.assert_close(ya, yb)
     ya.sum().backward()
@@ -226,13 +226,13 @@ def test_fx_trace_forward_backward():
 def test_trains_with_frozen_and_eval_bn():
     model = freeze_batch_norm_2d(copy.deepcopy(_shared("hiri_vit_s")).train())
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    model(_x()).sum().backward()
+    model(_x(2, 64)).sum().backward()
     model = copy.deepcopy(_shared("hiri_vit_s")).train()
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.eval()
     before = model.stages[0].blocks[0].norm.running_mean.clone()
-    model(_x()).sum().backward()
+    model(_x(2, 64)).sum().backward()
     torch.testing.assert_close(model.stages[0].blocks[0].norm.running_mean, before)
 
 
