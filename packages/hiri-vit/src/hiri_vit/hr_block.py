@@ -74,8 +74,10 @@ class HRBlock(nn.Module):
 
     def branch(self, n: torch.Tensor) -> torch.Tensor:
         """F(n): (B, C, H, W) -> (B, C, H, W)."""
+        # high branch first: the order of definition, which FX graph modules keep for their parameters
+        high = self.high(n)
         low = self.low_ffn(self.low_norm(self.low_down(n)))
-        return self.high(n) + upsample_crop(low, n)
+        return high + upsample_crop(low, n)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
