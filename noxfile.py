@@ -26,7 +26,7 @@ PACKAGES: dict[str, tuple[str, str, str | None]] = {
     "cot": ("cotnet", "cot", "cotnet50"),
     "gcnet": ("gcnet", "gcnet", None),
     "care-ssl": ("care-ssl", "care_ssl", None),
-    "hiri-vit": ("hiri-vit", "hiri_vit", None),
+    "hiri-vit": ("hiri-vit", "hiri_vit", "hiri_vit_s"),
     "container": ("container", "container", "container_v1_light"),
 }
 SRC_DIRS = ["shared/src", *(f"packages/{p}/src" for p in PACKAGES if p != "shared")]

@@ -176,3 +176,16 @@ def test_console_script_installed() -> None:
     assert res.returncode == 2
     assert res.stderr.strip().startswith("ctxnets: error: unknown model 'nosuch'")
     assert torch.__version__  # the script ran in the same environment as the tests
+
+
+def test_bench_native_size_uses_each_models_input_size(tmp_path: Path) -> None:
+    argv = ["bench", "test_vit", "--vs", "resnet18", "--batch-size", "1", "--native-size", "--mode", "infer"]
+    argv += ["--compile", "off", "--repeats", "1", "--warmup", "1", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    rows = json.loads((tmp_path / "bench.json").read_text())["results"]
+    sizes = {r["name"]: r["img_size"] for r in rows}
+    assert sizes == {
+        "test_vit": timm.create_model("test_vit").pretrained_cfg["input_size"][-1],
+        "resnet18": 224,
+    }
+    assert "(224px)" in (tmp_path / "bench.md").read_text()

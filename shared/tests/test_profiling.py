@@ -77,6 +77,15 @@ def test_benchmark_rejects_bad_settings() -> None:
         benchmark(m, batch_size=0)
 
 
+def test_benchmark_per_model_sizes() -> None:
+    # each model at its own resolution in one interleaved run (a 448 model beside a 224 peer)
+    models = {"a": timm.create_model("resnet18"), "b": timm.create_model("resnet18")}
+    res = benchmark(models, batch_size=1, img_size={"a": 32, "b": 96}, warmup=1, repeats=3)
+    assert [(r.name, r.img_size) for r in res] == [("a", 32), ("b", 96)]
+    by = {r.name: r for r in res}
+    assert by["b"].peak_mem_mb > by["a"].peak_mem_mb  # the larger input really ran: 9x the activations
+
+
 def test_memory_measurement_prints_nothing() -> None:
     """The profiler's native log lines (kineto's ``profiler_start``) never reach the terminal."""
     import subprocess

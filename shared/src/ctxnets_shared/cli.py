@@ -181,6 +181,8 @@ def _bench_argv(args: argparse.Namespace, mode: str, compiled: bool, out: str) -
         argv += ["--threads", str(args.threads)]
     if args.channels_last:
         argv.append("--channels-last")
+    if args.native_size:
+        argv.append("--native-size")
     return [sys.executable, "-m", "ctxnets_shared.cli", "bench", *argv]
 
 
@@ -193,6 +195,15 @@ def _bench_in_subprocess(args: argparse.Namespace, mode: str, compiled: bool) ->
             raise UserError(f"the {mode}/{'compiled' if compiled else 'eager'} run failed (see above)")
         data = json.loads((Path(tmp) / "bench.json").read_text())
     return [BenchResult(**r) for r in data["results"]]
+
+
+def _native_size(model: torch.nn.Module) -> int:
+    size = dict(getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))
+    return int(size[-1])
+
+
+def _size_text(args: argparse.Namespace) -> str:
+    return "each model at its pretrained_cfg input size" if args.native_size else f"{args.img_size}px"
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -211,14 +222,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
             # fresh models per setting: compiled wrappers and optimiser state must not leak across settings
             models = {n: timm.create_model(n, pretrained=False) for n in dict.fromkeys(names)}
             label = f"{mode}, {'compiled' if compiled else 'eager'}"
+            sizes = {n: _native_size(m) for n, m in models.items()} if args.native_size else args.img_size
             print(
-                f"[{label}] batch {args.batch_size} at {args.img_size}px on {args.device} ...",
+                f"[{label}] batch {args.batch_size} at {_size_text(args)} on {args.device} ...",
                 file=sys.stderr,
             )
             results += benchmark(
                 models,
                 batch_size=args.batch_size,
-                img_size=args.img_size,
+                img_size=sizes,
                 mode=mode,
                 compile=compiled,
                 channels_last=args.channels_last,
@@ -227,7 +239,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 device=args.device,
             )
     lines = [
-        f"machine: {_machine()}; torch {torch.__version__}; batch {args.batch_size}, {args.img_size}px, "
+        f"machine: {_machine()}; torch {torch.__version__}; batch {args.batch_size}, {_size_text(args)}, "
         f"{'channels_last' if args.channels_last else 'NCHW'}, median of {args.repeats}",
         "",
         "| setting | model | img/s | vs " + peer + " | peak MB | vs " + peer + " |",
@@ -237,8 +249,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         ref = next(p for p in results if p.name == peer and p.mode == r.mode and p.compiled == r.compiled)
         setting = f"{r.mode}, {'compiled' if r.compiled else 'eager'}"
         mem_ratio = r.peak_mem_mb / ref.peak_mem_mb if ref.peak_mem_mb > 0 else float("nan")
+        name = f"{r.name} ({r.img_size}px)" if args.native_size else r.name
         lines.append(
-            f"| {setting} | {r.name} | {r.img_per_s:.1f} | {r.img_per_s / ref.img_per_s:.2f}x "
+            f"| {setting} | {name} | {r.img_per_s:.1f} | {r.img_per_s / ref.img_per_s:.2f}x "
             f"| {r.peak_mem_mb:.0f} | {mem_ratio:.2f}x |"
         )
     text = "\n".join(lines) + "\n"
@@ -297,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vs", nargs="+", required=True, help="peer model(s); ratios are against the first")
     s.add_argument("--batch-size", type=_positive, default=8)
     s.add_argument("--img-size", type=_positive, default=224)
+    s.add_argument(
+        "--native-size",
+        action="store_true",
+        help="run each model at its own pretrained_cfg input size (e.g. a 448 model beside a 224 peer); "
+        "overrides --img-size",
+    )
     s.add_argument("--mode", choices=("infer", "train", "both"), default="both")
     s.add_argument("--compile", choices=("off", "on", "both"), default="both", help="torch.compile")
     s.add_argument("--channels-last", action="store_true")

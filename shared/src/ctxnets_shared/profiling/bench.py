@@ -133,7 +133,7 @@ def benchmark(
     models: Mapping[str, nn.Module],
     *,
     batch_size: int = 8,
-    img_size: int = 224,
+    img_size: int | Mapping[str, int] = 224,
     mode: str = "infer",
     compile: bool = False,
     channels_last: bool = False,
@@ -147,7 +147,8 @@ def benchmark(
     Args:
         models: name -> model (moved to ``device``; put in eval or train mode according to ``mode``).
         batch_size: images per step.
-        img_size: square input resolution.
+        img_size: square input resolution, or name -> resolution to run each model at its own size (a
+            high-resolution model beside a peer at 224, as in a paper's throughput table).
         mode: ``"infer"`` (forward under inference_mode) or ``"train"`` (forward, backward, SGD step).
         compile: wrap each model in ``torch.compile`` (compile time is spent in warm-up, not timed).
         channels_last: run in channels-last memory format.
@@ -159,14 +160,15 @@ def benchmark(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if batch_size < 1 or img_size < 1 or repeats < 1 or warmup < 0:
+    sizes = {name: img_size[name] if isinstance(img_size, Mapping) else img_size for name in models}
+    if batch_size < 1 or min(sizes.values(), default=1) < 1 or repeats < 1 or warmup < 0:
         raise ValueError("batch_size, img_size and repeats must be >= 1 and warmup >= 0")
     dev = torch.device(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     steps: dict[str, Callable[[], None]] = {}
     for name, model in models.items():
         in_chans = getattr(model, "pretrained_cfg", {}).get("input_size", (3,))[0]
-        x = torch.randn(batch_size, in_chans, img_size, img_size, device=dev).to(memory_format=fmt)
+        x = torch.randn(batch_size, in_chans, sizes[name], sizes[name], device=dev).to(memory_format=fmt)
         model.to(dev).to(memory_format=fmt)  # type: ignore[call-overload]
         steps[name] = _make_step(model, x, mode, compile)
 
@@ -200,7 +202,7 @@ def benchmark(
                 compiled=compile,
                 channels_last=channels_last,
                 batch_size=batch_size,
-                img_size=img_size,
+                img_size=sizes[name],
                 device=str(dev),
                 img_per_s=batch_size / med,
                 ms_per_batch=med * 1e3,
