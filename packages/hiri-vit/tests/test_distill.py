@@ -177,3 +177,22 @@ def test_teacher_is_never_updated_by_gradients() -> None:
     w_t, w_s = teacher.fc.weight, student.fc.weight
     assert torch.allclose(w_t, 0.9 * before["fc.weight"] + 0.1 * w_s.detach(), atol=1e-6)
     assert not torch.equal(w_t, before["fc.weight"])
+
+
+def test_per_location_logits_of_hiri_vit_use_its_dense_head() -> None:
+    """hiri_vit_*: the spec's teacher maps are the head's LN + fc at every stage-5 position."""
+    import hiri_vit  # noqa: F401  (registers the models)
+
+    torch.manual_seed(0)
+    model = timm.create_model("hiri_vit_s", num_classes=5, head_type="avg").eval()
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        dense = per_location_logits(model, x)
+        assert dense.shape == (2, 5, 2, 2)
+        torch.testing.assert_close(dense, model.forward_dense_logits(x))
+        # LN and fc per location, then the average, is the avg-pool head's logit (linear after the LN)
+        feats = model.forward_features(x)
+        head = model.head
+        tokens = feats.flatten(2).transpose(1, 2)
+        manual = head.fc(head.norm(tokens)).transpose(1, 2).reshape(2, 5, 2, 2)
+    torch.testing.assert_close(dense, manual)

@@ -319,9 +319,16 @@ class HiriViT(nn.Module):
         The EMA-distillation teacher's class maps (paper Sec. 4.5): the head's LayerNorm and classifier
         applied at every stage-5 position, skipping the pooling (and the class-attention block).
         """
+        return self.forward_head_dense(self.forward_features(x))
+
+    def forward_head_dense(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's LayerNorm and classifier at every position of ``forward_features``' (B, C, h, w) map.
+
+        The hook ``hiri_vit.distill.per_location_logits`` uses: (B, C5, h, w) -> (B, K, h, w).
+        """
         if not isinstance(self.head, AvgPoolHead):
             raise RuntimeError("the head was pruned (prune_intermediate_layers); there are no logits")
-        return self.head.forward_dense(self.forward_features(x))
+        return self.head.forward_dense(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> (B, num_classes)."""
