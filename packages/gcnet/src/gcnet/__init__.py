@@ -5,13 +5,13 @@ Importing the package registers the GC-ResNets, NL-ResNet-50 and SNL-ResNet-50 w
 ``attn_layer``. The analysis tools of the paper's Section 3 are in :mod:`gcnet.analysis`.
 """
 
+from ctxnets_shared.layers import register_attn_layer
+from ctxnets_shared.packages import CtxnetsPackage, distribution_version
 from gcnet.convert import MMDetGCNetConverter
 from gcnet.gc_block import FUSIONS, POOLINGS, TRANSFORMS, GlobalContextBlock
 from gcnet.gc_resnet import POSITIONS, ContextBottleneck, GCResNet
 from gcnet.non_local import NL_MODES, NonLocalBlock
 from gcnet.simplified_non_local import SimplifiedNonLocalBlock
-from ctxnets_shared.layers import register_attn_layer
-from ctxnets_shared.packages import CtxnetsPackage, distribution_version
 
 __version__ = distribution_version("gcnet")
 

@@ -11,8 +11,9 @@ An instance of the paper's global context modelling framework (Eq. 4), ``z_i = F
 
 Parameter names equal mmcv's ``ContextBlock`` (``conv_mask``, ``channel_add_conv.{0,1,3}``,
 ``channel_mul_conv.*``) so mmdetection GCNet checkpoints load unchanged. The add fusion is the block's
-residual (there is no inner skip), and the paper's initialisation (:meth:`GlobalContextBlock.reset_parameters`:
-last conv of each branch zero, ``conv_mask`` Kaiming fan-in) makes an add-only block start as the identity.
+residual (there is no inner skip), and the paper's initialisation
+(:meth:`GlobalContextBlock.reset_parameters`: last conv of each branch zero, ``conv_mask`` Kaiming fan-in)
+makes an add-only block start as the identity.
 """
 
 from __future__ import annotations

@@ -42,8 +42,9 @@ class ContextBottleneck(Bottleneck):
     """timm's ResNet bottleneck with an optional context module (``context_block``) at ``context_position``.
 
     Built as a plain bottleneck (so :class:`~timm.models.resnet.ResNet` constructs it unchanged);
-    :meth:`set_context` installs the module. Forward: ``conv1-bn1-act1 -> conv2-bn2-[drop_block]-act2-aa ->
-    [ctx: after_conv2] -> conv3-bn3-[ctx: after_conv3] -> drop_path -> + shortcut -> act3 -> [ctx: after_add]``.
+    :meth:`set_context` installs the module. Forward: ``conv1-bn1-act1 ->
+    conv2-bn2-[drop_block]-act2-aa -> [ctx: after_conv2] -> conv3-bn3-[ctx: after_conv3] -> drop_path ->
+    + shortcut -> act3 -> [ctx: after_add]``.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
