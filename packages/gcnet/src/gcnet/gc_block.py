@@ -100,7 +100,7 @@ class GlobalContextBlock(nn.Module):
         """
         if self.conv_mask is not None:
             nn.init.kaiming_normal_(self.conv_mask.weight, mode="fan_in", nonlinearity="relu")
-            nn.init.zeros_(self.conv_mask.bias)
+            nn.init.zeros_(self.conv_mask.bias)  # type: ignore[arg-type]
         for branch in (self.channel_add_conv, self.channel_mul_conv):
             if branch is None:
                 continue
@@ -110,7 +110,7 @@ class GlobalContextBlock(nn.Module):
             last = branch[-1]
             assert isinstance(last, nn.Conv2d)
             nn.init.zeros_(last.weight)
-            nn.init.zeros_(last.bias)
+            nn.init.zeros_(last.bias)  # type: ignore[arg-type]
 
     def attention_map(self, x: torch.Tensor) -> torch.Tensor:
         """The pooling weights ``a_j``: (B, C, H, W) -> (B, 1, H*W), shared by every query position."""

@@ -67,7 +67,7 @@ class ContextBottleneck(Bottleneck):
         """(B, in, H, W) -> (B, 4 * planes, H / stride, W / stride)."""
         shortcut = x
         x = self.act1(self.bn1(self.conv1(x)))
-        x = self.aa(self.act2(self.drop_block(self.bn2(self.conv2(x)))))
+        x = self.aa(self.act2(self.drop_block(self.bn2(self.conv2(x)))))  # type: ignore[misc]
         if self.context_block is not None and self.context_position == "after_conv2":
             x = self.context_block(x)
         x = self.bn3(self.conv3(x))
@@ -129,10 +129,10 @@ class GCResNet(ResNet):
         if any(i not in range(4) for i in attn_stages):
             raise ValueError(f"attn_stages are 0-based stage indices in 0..3, got {tuple(attn_stages)}")
         kwargs.pop("block", None)
-        super().__init__(block=ContextBottleneck, layers=tuple(layers), **kwargs)
-        stages = [self.layer1, self.layer2, self.layer3, self.layer4]
+        super().__init__(block=ContextBottleneck, layers=tuple(layers), **kwargs)  # type: ignore[arg-type]
         for stage_idx in sorted(set(attn_stages)):
-            stage = stages[stage_idx]
+            stage = self.get_submodule(f"layer{stage_idx + 1}")
+            assert isinstance(stage, nn.Sequential)
             for block_idx in _block_indices(len(stage), attn_blocks):
                 block = stage[block_idx]
                 assert isinstance(block, ContextBottleneck)
@@ -186,7 +186,7 @@ class GCResNet(ResNet):
         if 0 in take_indices:
             intermediates.append(x)
         x = self.maxpool(x)
-        stages = [self.layer1, self.layer2, self.layer3, self.layer4]
+        stages: list[nn.Module] = [self.layer1, self.layer2, self.layer3, self.layer4]
         if stop_early:
             stages = stages[:max_index]
         for i, stage in enumerate(stages, start=1):
