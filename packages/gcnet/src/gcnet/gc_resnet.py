@@ -186,7 +186,7 @@ class GCResNet(ResNet):
         if 0 in take_indices:
             intermediates.append(x)
         x = self.maxpool(x)
-        stages: list[nn.Module] = [self.layer1, self.layer2, self.layer3, self.layer4]
+        stages: list[Any] = [self.layer1, self.layer2, self.layer3, self.layer4]
         if stop_early:
             stages = stages[:max_index]
         for i, stage in enumerate(stages, start=1):
