@@ -26,6 +26,8 @@ import torch.nn.functional as F
 
 from gcnet._checks import check_feature_map, hidden_channels
 
+torch.fx.wrap("check_feature_map")  # an opaque call under plain torch.fx.symbolic_trace too
+
 __all__ = ["FUSIONS", "POOLINGS", "TRANSFORMS", "GlobalContextBlock"]
 
 POOLINGS = ("att", "avg")

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from timm.layers import register_notrace_function
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models.resnet import Bottleneck, ResNet
 
@@ -36,6 +37,10 @@ __all__ = ["POSITIONS", "ContextBottleneck", "GCResNet"]
 
 POSITIONS = ("after_conv2", "after_conv3", "after_add")
 _MIN_SIZE = 32  # the network stride
+# shape checks cannot be traced: an opaque call in FX graphs, for timm's tracer (notrace registry, twice is
+# harmless) and for plain torch.fx.symbolic_trace (fx.wrap patches this module's global)
+register_notrace_function(check_image_input)
+torch.fx.wrap("check_image_input")
 
 
 class ContextBottleneck(Bottleneck):

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 
 from gcnet._checks import check_feature_map
 
+torch.fx.wrap("check_feature_map")  # an opaque call under plain torch.fx.symbolic_trace too
+
 __all__ = ["NL_MODES", "NonLocalBlock"]
 
 NL_MODES = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
