@@ -15,6 +15,7 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import timm
@@ -102,7 +103,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             f"model {args.model!r} has no attention blocks that expose attention maps "
             "(NL, SNL, GC or ctxnets_shared attention); nothing to analyse"
         )
-    cfg = model.pretrained_cfg or {}
+    cfg: dict[str, Any] = dict(getattr(model, "pretrained_cfg", None) or {})
     mean, std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
     queries = args.query or list(DEFAULT_QUERIES)
     out = Path(args.out)

@@ -1,7 +1,7 @@
 """The average cosine distance of the paper's statistical analysis (Sec. 3.2.2, Tables 1-3).
 
-``avg_dist = 1 / N_p^2 sum_i sum_j dist(v_i, v_j)`` with ``dist(v_i, v_j) = (1 - cos(v_i, v_j)) / 2``, over the
-vectors ``v_i`` of all positions i: the block input ``x_i`` ("input"), the block output before fusion
+``avg_dist = 1 / N_p^2 sum_i sum_j dist(v_i, v_j)`` with ``dist(v_i, v_j) = (1 - cos(v_i, v_j)) / 2``, over
+the vectors ``v_i`` of all positions i: the block input ``x_i`` ("input"), the block output before fusion
 ``z_i - x_i`` ("output") and the attention map of query i, ``w_i`` ("att"). 0 means every position carries
 the same direction, 0.5 unrelated (orthogonal) directions.
 """
