@@ -107,7 +107,8 @@ class GCResNet(ResNet):
     Args:
         layers: blocks per stage.
         attn_layer: the context module: "gc", "nl", "snl", another registered attention name, a callable
-            ``channels -> nn.Module``, or None for a plain ResNet.
+            ``channels -> nn.Module``, or None / "none" for a plain ResNet (``timm.create_model`` drops
+            None-valued kwargs, so pass "none" there).
         attn_kwargs: options for it (e.g. ``dict(ratio=1/4, pooling="avg", fusion=("channel_mul",))``).
         attn_position: one of :data:`POSITIONS`.
         attn_stages: 0-based stage indices that get it (0 = ``layer1`` = c2; the paper's c3-c5 = (1, 2, 3)).
