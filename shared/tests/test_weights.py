@@ -74,7 +74,7 @@ def test_pickle_needing_code_execution_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
         pickle.dump({"state_dict": {"w": torch.zeros(1)}, "payload": _Evil()}, f)
-    with pytest.raises(UnsafeCheckpointError, match="needs code execution"):
+    with pytest.raises(UnsafeCheckpointError, match="refused: loading it would run code"):
         read_checkpoint(path)
     torch.save({"x": torch.zeros(2), "cfg": _Evil()}, tmp_path / "evil2.pth")
     with pytest.raises(UnsafeCheckpointError):
@@ -131,3 +131,33 @@ def test_converter_rejects_non_dict(tmp_path: Path) -> None:
     torch.save([torch.zeros(1)], tmp_path / "list.pth")
     with pytest.raises(WeightsFileError, match="expected a dict of tensors"):
         CheckpointConverter().unwrap(read_checkpoint(tmp_path / "list.pth"))
+
+
+def test_recorded_constructor_kwargs_round_trip(tmp_path: Path) -> None:
+    """Models built through build_model_with_args come back from their folder with their kwargs."""
+    import json
+
+    from timm.models import register_model
+    from timm.models.resnet import BasicBlock, ResNet
+
+    from ctxnets_shared.models import build_model_with_args, get_model_args
+
+    @register_model
+    def _ctxnets_test_resnet(pretrained: bool = False, **kwargs):  # type: ignore[no-untyped-def]
+        args = dict(block=BasicBlock, layers=(1, 1, 1, 1))
+        return build_model_with_args(ResNet, "_ctxnets_test_resnet", pretrained, **dict(args, **kwargs))
+
+    torch.manual_seed(0)
+    model = timm.create_model("_ctxnets_test_resnet", in_chans=1, global_pool="max", num_classes=4).eval()
+    assert get_model_args(model)["in_chans"] == 1
+    with pytest.raises(ValueError, match="block=.*cannot be saved in config.json"):
+        save_pretrained(model, tmp_path / "a")  # the entry point's own class argument is no JSON value
+    assert not (tmp_path / "a" / "model.safetensors").exists()
+    args = {k: v for k, v in get_model_args(model).items() if k != "block"}
+    save_pretrained(model, tmp_path / "b", model_args=args)
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert config["model_args"]["global_pool"] == "max" and config["pretrained_cfg"]["num_classes"] == 4
+    x = torch.randn(2, 1, 32, 32)
+    back = timm.create_model(f"local-dir:{tmp_path / 'b'}", pretrained=True).eval()
+    with torch.no_grad():
+        assert torch.equal(back(x), model(x)) and torch.equal(load_pretrained(tmp_path / "b")(x), model(x))

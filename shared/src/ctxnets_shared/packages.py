@@ -11,13 +11,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, entry_points, version
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from ctxnets_shared.weights.convert import CheckpointConverter
+from pathlib import Path
+from typing import Any, Protocol
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "Converter",
     "CtxnetsPackage",
     "UnknownModelError",
     "discover_packages",
@@ -35,6 +34,17 @@ def distribution_version(distribution: str) -> str:
         return version(distribution)
     except PackageNotFoundError:
         return "0.0.0"
+
+
+class Converter(Protocol):
+    """What ``ctxnets convert`` needs of a package's converter (``weights.CheckpointConverter`` is one).
+
+    Declared here rather than imported so this module depends on nothing else of ours.
+    """
+
+    def __init__(self, use_ema: bool = False) -> None: ...
+
+    def convert(self, model_name: str, ckpt_path: Any, out_dir: Any, **model_kwargs: Any) -> Path: ...
 
 
 class UnknownModelError(ValueError):
@@ -59,7 +69,7 @@ class CtxnetsPackage:
     paper: str
     models: tuple[str, ...] = ()
     attn_layers: tuple[str, ...] = ()
-    converter: CheckpointConverter | None = field(default=None, compare=False)
+    converter: Converter | None = field(default=None, compare=False)
 
 
 _CACHE: dict[str, CtxnetsPackage] | None = None

@@ -17,12 +17,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import BlurPool2d, DropPath, create_classifier
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from cot.cot_layer import CotLayer, CoXtLayer
 from cot.se_conv import SeConv2d
 from ctxnets_shared.layers import AttnLayerSpec, create_attn_layer
-from ctxnets_shared.models import check_image_input, feature_take_indices, paper_cfg
+from ctxnets_shared.models import build_model_with_args, check_image_input, feature_take_indices, paper_cfg
 
 __all__ = ["CoTNet", "CotBottleneck"]
 
@@ -342,7 +342,7 @@ class CoTNet(nn.Module):
 
 
 def _create_cotnet(variant: str, pretrained: bool = False, **kwargs: Any) -> CoTNet:
-    return build_model_with_cfg(
+    return build_model_with_args(
         CoTNet,
         variant,
         pretrained,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import torch
+from timm.layers import register_notrace_function
 
 __all__ = ["check_image_input"]
 
 
+@register_notrace_function  # a leaf for torch.fx: its checks branch on the input shape
 def check_image_input(x: torch.Tensor, in_chans: int, min_size: int) -> None:
     """Raise ValueError unless ``x`` is (B, in_chans, H, W) with H, W >= ``min_size``.
 

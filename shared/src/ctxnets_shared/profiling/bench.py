@@ -11,9 +11,12 @@ how the C library hands memory back to the system.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
+import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -44,10 +47,30 @@ class BenchResult:
         return asdict(self)
 
 
+@contextlib.contextmanager
+def _quiet_native_output() -> Iterator[None]:
+    """Silence what native code prints to the process's stdout/stderr (kineto's profiler_start lines)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
+
 def _cpu_peak_mb(step: Callable[[], None]) -> float:
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_native_output(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     results = getattr(prof.profiler, "kineto_results", None) if prof.profiler is not None else None
     if results is None:

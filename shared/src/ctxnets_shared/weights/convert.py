@@ -8,8 +8,6 @@ anything that would run code is refused with :class:`UnsafeCheckpointError`. A p
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,8 +16,9 @@ import timm
 import torch
 import torch.nn as nn
 
-from ctxnets_shared.weights.errors import UnsafeCheckpointError, WeightsFileError
+from ctxnets_shared.weights.errors import WeightsFileError
 from ctxnets_shared.weights.io import check_state_dict, load_safetensors, save_pretrained
+from ctxnets_shared.weights.unpickle import load_checkpoint
 
 __all__ = ["CheckpointConverter", "read_checkpoint"]
 
@@ -27,26 +26,17 @@ __all__ = ["CheckpointConverter", "read_checkpoint"]
 def read_checkpoint(path: str | os.PathLike[str]) -> Any:
     """Read a ``.pth``/``.pth.tar``/``.safetensors`` file without executing code.
 
+    Trainer objects pickled beside the weights (``args`` Namespaces, yacs configs, numpy scalars) load as
+    inert stand-ins (:mod:`ctxnets_shared.weights.unpickle`).
+
     Raises:
-        WeightsFileError: missing, truncated or unreadable file.
-        UnsafeCheckpointError: a pickle that needs code execution (custom classes, ``os.system``, ...).
+        WeightsFileError: missing, truncated, unreadable, or not a checkpoint at all.
+        UnsafeCheckpointError: a pickle whose loading would call code (``os.system``, ...); nothing ran.
     """
     path = Path(path)
-    if not path.is_file():
-        raise WeightsFileError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         return load_safetensors(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise UnsafeCheckpointError(
-            f"{path} needs code execution to unpickle and was refused (only tensors, containers and "
-            f"numbers are allowed): {str(e).splitlines()[0]}"
-        ) from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise WeightsFileError(
-            f"{path} is not a readable PyTorch checkpoint (truncated or corrupted?): {e}"
-        ) from e
+    return load_checkpoint(path)
 
 
 class CheckpointConverter:
@@ -55,12 +45,13 @@ class CheckpointConverter:
     Class attributes:
         wrapper_keys: keys under which training checkpoints nest the weights, tried in order.
         ema_keys: the same for EMA weights, used when ``use_ema=True``.
-        strip_prefixes: prefixes removed from every key (DataParallel / DDP wrappers).
+        strip_prefixes: prefixes removed from the start of every key, in any order and repeatedly
+            (DataParallel / DDP's ``module.``, torch.compile's ``_orig_mod.``).
     """
 
     wrapper_keys: tuple[str, ...] = ("state_dict", "model", "net", "module")
     ema_keys: tuple[str, ...] = ("state_dict_ema", "model_ema", "ema")
-    strip_prefixes: tuple[str, ...] = ("module.",)
+    strip_prefixes: tuple[str, ...] = ("module.", "_orig_mod.")
 
     def __init__(self, use_ema: bool = False) -> None:
         self.use_ema = use_ema
@@ -81,13 +72,19 @@ class CheckpointConverter:
         for k, v in ckpt.items():
             if not isinstance(v, torch.Tensor):
                 continue  # e.g. epoch counters stored beside the weights
-            for p in self.strip_prefixes:
-                if k.startswith(p):
-                    k = k[len(p) :]
-            out[k] = v
+            out[self._strip(k)] = v
         if not out:
             raise WeightsFileError("checkpoint holds no tensors")
         return out
+
+    def _strip(self, key: str) -> str:
+        stripped = True
+        while stripped:
+            stripped = False
+            for p in self.strip_prefixes:
+                if key.startswith(p):
+                    key, stripped = key[len(p) :], True
+        return key
 
     def map_key(self, key: str) -> str | None:
         """Official key -> our key; None drops it. Identity by default (our keys equal the official ones)."""

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 from timm.models import PretrainedCfg
 
+from ctxnets_shared.models.build import get_model_args
 from ctxnets_shared.weights.errors import CheckpointMismatchError, WeightsFileError
 
 __all__ = [
@@ -59,16 +60,39 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
         raise
 
 
-def _timm_cfg(pretrained_cfg: Any) -> dict[str, Any]:
+def _timm_cfg(pretrained_cfg: Any, num_classes: int | None, in_chans: int) -> dict[str, Any]:
     # timm rebuilds PretrainedCfg(**cfg) from config.json, so only its own fields may be written
     if dataclasses.is_dataclass(pretrained_cfg) and not isinstance(pretrained_cfg, type):
         pretrained_cfg = dataclasses.asdict(pretrained_cfg)
     cfg = dict(pretrained_cfg or {})
+    # timm drops the classifier weights on load when the cfg's class count differs from the model's,
+    # and re-derives the first conv from RGB weights when in_chans != 3: both must describe this model
+    if num_classes is not None:
+        cfg["num_classes"] = num_classes
+    if in_chans != 3:
+        cfg.pop("first_conv", None)
+        if cfg.get("input_size"):
+            cfg["input_size"] = (in_chans, *tuple(cfg["input_size"])[1:])
     return {
         k: (list(v) if isinstance(v, tuple) else v)
         for k, v in cfg.items()
         if k in _TIMM_CFG_FIELDS and k not in _SOURCE_FIELDS and v is not None
     }
+
+
+def _json_model_args(model_args: Mapping[str, Any]) -> dict[str, Any]:
+    """The kwargs as JSON values, or a clear error naming the one that cannot be written."""
+    out: dict[str, Any] = {}
+    for k, v in model_args.items():
+        try:
+            out[k] = json.loads(json.dumps(v))
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"constructor argument {k}={v!r} cannot be saved in config.json (only names, numbers, "
+                f"lists and dicts can): build the model with a registered name instead of a callable, or "
+                f"pass model_args= to save_pretrained"
+            ) from e
+    return out
 
 
 def save_pretrained(
@@ -84,10 +108,14 @@ def save_pretrained(
         model: a timm-contract model (its ``pretrained_cfg`` names the architecture).
         out_dir: destination folder.
         architecture: registered model name, when the model's ``pretrained_cfg`` lacks one.
-        model_args: constructor kwargs needed to rebuild it (e.g. ``{"attn_layer": "se"}``).
+        model_args: constructor kwargs needed to rebuild it (e.g. ``{"attn_layer": "se"}``); by default
+            the ones ``ctxnets_shared.models.build_model_with_args`` recorded when the model was built.
 
     Returns:
         The folder written.
+
+    Raises:
+        ValueError: a constructor argument that JSON cannot hold (a callable ``attn_layer``, say).
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -96,15 +124,19 @@ def save_pretrained(
     arch = architecture or dict(pretrained_cfg).get("architecture")
     if not arch:
         raise ValueError("model has no pretrained_cfg['architecture']; pass architecture=<registered name>")
+    args = _json_model_args(get_model_args(model) if model_args is None else model_args)
+    num_classes = getattr(model, "num_classes", None)
+    if num_classes is not None and "num_classes" in args:
+        args["num_classes"] = num_classes  # reset_classifier may have changed it since the build
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     config: dict[str, Any] = {
         "architecture": arch,
-        "num_classes": getattr(model, "num_classes", None),
+        "num_classes": num_classes,
         "num_features": getattr(model, "num_features", None),
-        "pretrained_cfg": _timm_cfg(pretrained_cfg),
+        "pretrained_cfg": _timm_cfg(pretrained_cfg, num_classes, int(args.get("in_chans", 3))),
     }
-    if model_args:
-        config["model_args"] = dict(model_args)
+    if args:
+        config["model_args"] = args
     with atomic_write(out / WEIGHTS_NAME) as f:
         f.write(safetensors.torch.save(state, metadata={"format": "pt", "architecture": arch}))
     with atomic_write(out / CONFIG_NAME, "w") as f:

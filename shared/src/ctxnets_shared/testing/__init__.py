@@ -1,0 +1,11 @@
+"""The model contract as a reusable pytest kit (extra ``test``): every package runs it over its models.
+
+``ctxnets_shared.testing.checks`` holds the checks as plain functions that raise AssertionError;
+:func:`contract_suite` turns them into a pytest class. Importing this package needs pytest.
+"""
+
+from ctxnets_shared.testing.checks import CHECKS, build, fx_trace, make_input, randomize_zero_init
+from ctxnets_shared.testing.spec import ModelSpec
+from ctxnets_shared.testing.suite import contract_suite
+
+__all__ = ["CHECKS", "ModelSpec", "build", "contract_suite", "fx_trace", "make_input", "randomize_zero_init"]

@@ -1,0 +1,586 @@
+"""The model contract (specs/00-monorepo.md, "The model contract") as plain check functions.
+
+Each ``check_*`` takes the model under test (built by name through timm, zero-initialised weights
+randomised, eval mode) and its :class:`~ctxnets_shared.testing.spec.ModelSpec`, and raises AssertionError
+naming what broke. They never modify the model they are given: checks that train or convert work on a copy,
+and checks of constructor options build their own instance by name through timm, as a user would.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import math
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, NoReturn
+
+import timm
+import torch
+import torch.fx
+import torch.nn as nn
+from timm.layers import get_notrace_functions, get_notrace_modules
+from timm.utils.model import freeze_batch_norm_2d
+
+from ctxnets_shared.models.cfg import PAPER_FIELDS
+from ctxnets_shared.testing.spec import ModelSpec
+from ctxnets_shared.weights.io import CONFIG_NAME, load_pretrained, save_pretrained
+
+__all__ = [
+    "CHECKS",
+    "build",
+    "check_autocast_bf16",
+    "check_bad_input",
+    "check_compile",
+    "check_eval_bn_training",
+    "check_features_only",
+    "check_forward_backward",
+    "check_forward_intermediates",
+    "check_frozen_bn_training",
+    "check_fx_feature_extraction",
+    "check_fx_trace",
+    "check_grad_checkpointing",
+    "check_output_stride",
+    "check_pretrained_cfg",
+    "check_reset_classifier",
+    "check_round_trip",
+    "check_sync_bn_training",
+    "check_timm_attributes",
+    "check_torchscript",
+    "fx_trace",
+    "make_input",
+    "randomize_zero_init",
+]
+
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+def _fail(msg: str) -> NoReturn:
+    raise AssertionError(msg)
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, spec: ModelSpec, what: str) -> None:
+    if actual.shape != expected.shape:
+        _fail(f"{spec.name}: {what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}")
+    try:
+        torch.testing.assert_close(actual.float(), expected.float(), atol=spec.atol, rtol=spec.rtol)
+    except AssertionError as e:
+        _fail(f"{spec.name}: {what} differ: {e}")
+
+
+def randomize_zero_init(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every all-zero parameter random values and every BatchNorm random running statistics.
+
+    Models start residual branches and gates at zero (a zero last BN, a zero-initialised GC transform), which
+    makes those branches invisible to any numerical comparison; this makes them count. In place; returns
+    the model.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.numel() and not p.detach().any():
+                if p.dim() == 1 and name.endswith("weight"):  # a norm's scale: keep it around 1
+                    p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+                else:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+        for m in model.modules():
+            mean, var = getattr(m, "running_mean", None), getattr(m, "running_var", None)
+            if isinstance(mean, torch.Tensor) and isinstance(var, torch.Tensor):
+                mean.copy_(torch.randn(mean.shape, generator=gen) * 0.1)
+                var.copy_(torch.rand(var.shape, generator=gen) + 0.5)
+    return model
+
+
+def build(spec: ModelSpec, seed: int = 0, **kwargs: Any) -> Any:
+    """``timm.create_model(spec.name, **spec.create_kwargs, **kwargs)``, seeded, randomised, in eval mode."""
+    torch.manual_seed(seed)
+    model = timm.create_model(spec.name, **{**dict(spec.create_kwargs), **kwargs})
+    return randomize_zero_init(model, seed).eval()
+
+
+def make_input(spec: ModelSpec, channels: int = 3, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """A seeded (batch, channels, H, W) batch at the spec's small size."""
+    h, w = size or spec.hw
+    return torch.randn(spec.batch_size, channels, h, w, generator=torch.Generator().manual_seed(1))
+
+
+def _in_chans(model: Any) -> int:
+    return int(getattr(model, "in_chans", 3))
+
+
+def _logits_loss(out: torch.Tensor) -> torch.Tensor:
+    # a loss every output element influences, and not a linear one (a sum would hide sign errors)
+    return out.float().flatten(1).logsumexp(1).sum()
+
+
+def _missing_grads(model: nn.Module) -> list[str]:
+    return [
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())
+    ]
+
+
+def _buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_buffers()}
+
+
+def _num_classes(model: Any) -> int:
+    return int(model.num_classes)
+
+
+def check_forward_backward(model: Any, spec: ModelSpec) -> None:
+    """Logits of shape (B, num_classes), finite; in training every parameter gets a finite gradient."""
+    x = make_input(spec, _in_chans(model))
+    with torch.no_grad():
+        out = model(x)
+    if out.shape != (x.shape[0], _num_classes(model)):
+        _fail(f"{spec.name}: output {tuple(out.shape)}, expected {(x.shape[0], _num_classes(model))}")
+    if not torch.isfinite(out).all():
+        _fail(f"{spec.name}: non-finite logits")
+    m = copy.deepcopy(model).train()
+    _logits_loss(m(x)).backward()
+    missing = _missing_grads(m)
+    if missing:
+        _fail(f"{spec.name}: {len(missing)} parameter(s) got no finite gradient: {missing[:8]}")
+
+
+def check_timm_attributes(model: Any, spec: ModelSpec) -> None:
+    """The timm model-class attributes and methods, and ``feature_info`` naming real modules."""
+    for attr in ("num_classes", "num_features", "head_hidden_size", "feature_info", "pretrained_cfg"):
+        if not hasattr(model, attr):
+            _fail(f"{spec.name}: no attribute {attr!r}")
+    methods = (
+        "forward_features", "forward_head", "get_classifier", "reset_classifier", "set_grad_checkpointing",
+        "group_matcher", "forward_intermediates", "prune_intermediate_layers",
+    )  # fmt: skip
+    for meth in methods:
+        if not callable(getattr(model, meth, None)):
+            _fail(f"{spec.name}: no method {meth}()")
+    if spec.name not in timm.list_models():
+        _fail(f"{spec.name}: not registered with timm")
+    names = dict(model.named_modules())
+    for info in model.feature_info:
+        if info["module"] not in names:
+            _fail(f"{spec.name}: feature_info module {info['module']!r} is not a submodule")
+    for coarse in (False, True):
+        groups = model.group_matcher(coarse=coarse)
+        if not isinstance(groups, Mapping) or not groups:
+            _fail(f"{spec.name}: group_matcher(coarse={coarse}) returned {groups!r}")
+    params = dict(model.named_parameters())
+    nwd = getattr(model, "no_weight_decay", None)
+    for n in nwd() if callable(nwd) else ():
+        if n not in params and not any(p.startswith(n) for p in params):
+            _fail(f"{spec.name}: no_weight_decay() names {n!r}, which is no parameter")
+
+
+def check_pretrained_cfg(model: Any, spec: ModelSpec) -> None:
+    """The pretrained_cfg fields the monorepo requires, naming real modules, and nothing to download."""
+    cfg = dict(model.pretrained_cfg)
+    required = ("input_size", "first_conv", "classifier", "crop_pct", "interpolation", "mean", "std")
+    for key in (*required, "paper_name", "paper_ids", "origin_url"):
+        if not cfg.get(key):
+            _fail(f"{spec.name}: pretrained_cfg[{key!r}] is missing")
+    missing_paper = [k for k in ("paper_params", "paper_gflops") if k in PAPER_FIELDS and cfg.get(k) is None]
+    if missing_paper:
+        _fail(f"{spec.name}: pretrained_cfg lacks the paper's {missing_paper}")
+    if cfg.get("url") or cfg.get("hf_hub_id"):
+        _fail(f"{spec.name}: pretrained_cfg names a download ({cfg.get('url') or cfg.get('hf_hub_id')})")
+    if cfg.get("architecture") != spec.name:
+        _fail(f"{spec.name}: pretrained_cfg['architecture'] is {cfg.get('architecture')!r}")
+    firsts = cfg["first_conv"] if isinstance(cfg["first_conv"], (list, tuple)) else [cfg["first_conv"]]
+    for first in firsts:
+        try:
+            conv = model.get_submodule(first)
+        except AttributeError:
+            _fail(f"{spec.name}: first_conv {first!r} is not a submodule")
+        if getattr(conv, "in_channels", None) != cfg["input_size"][0]:
+            _fail(f"{spec.name}: first_conv {first!r} does not take {cfg['input_size'][0]} channels")
+    try:
+        head = model.get_submodule(cfg["classifier"])
+    except AttributeError:
+        _fail(f"{spec.name}: classifier {cfg['classifier']!r} is not a submodule")
+    if head is not model.get_classifier():
+        _fail(f"{spec.name}: classifier {cfg['classifier']!r} is not get_classifier()")
+    pool = cfg.get("pool_size")
+    if pool:
+        stride = model.feature_info[-1]["reduction"]
+        expected = tuple(math.ceil(s / stride) for s in cfg["input_size"][1:])
+        if tuple(pool) != expected:
+            _fail(f"{spec.name}: pool_size {tuple(pool)} != input_size / total stride {expected}")
+
+
+def check_reset_classifier(model: Any, spec: ModelSpec) -> None:
+    """``reset_classifier(0)`` gives pooled features, ``(0, "")`` unpooled ones, ``(n)`` n logits."""
+    m = copy.deepcopy(model)
+    x = make_input(spec, _in_chans(m))
+    hidden = int(getattr(m, "head_hidden_size", None) or m.num_features)
+    with torch.no_grad():
+        feats = m.forward_features(x)
+        m.reset_classifier(0)
+        if m(x).shape != (x.shape[0], hidden) or m.forward_head(feats, pre_logits=True).shape[-1] != hidden:
+            _fail(f"{spec.name}: reset_classifier(0) does not give (B, {hidden}) features")
+        if _num_classes(m) != 0:
+            _fail(f"{spec.name}: reset_classifier(0) left num_classes={m.num_classes}")
+        m.reset_classifier(7)
+        if m(x).shape != (x.shape[0], 7) or _num_classes(m) != 7:
+            _fail(f"{spec.name}: reset_classifier(7) does not give 7 logits")
+        if spec.unpooled_head:
+            m.reset_classifier(0, "")
+            if m.forward_head(feats).dim() != 4:
+                _fail(f"{spec.name}: reset_classifier(0, '') still pools")
+
+
+def _check_feature_maps(feats: list[torch.Tensor], model: Any, spec: ModelSpec, hw: tuple[int, int]) -> None:
+    info = model.feature_info
+    chans, reds = info.channels(), info.reduction()
+    if [f.shape[1] for f in feats] != chans:
+        _fail(f"{spec.name}: feature channels {[f.shape[1] for f in feats]} != feature_info {chans}")
+    sizes = [tuple(f.shape[-2:]) for f in feats]
+    expected = [tuple(math.ceil(s / r) for s in hw) for r in reds]
+    if sizes != expected:
+        _fail(f"{spec.name}: feature maps {sizes} do not match feature_info reductions {reds} ({expected})")
+
+
+def check_features_only(model: Any, spec: ModelSpec) -> None:
+    """``features_only=True`` maps at the documented reductions, matching ``feature_info``."""
+    fm = build(spec, features_only=True)
+    reds = fm.feature_info.reduction()
+    if tuple(reds) != tuple(spec.reductions):
+        _fail(f"{spec.name}: features_only reductions {reds}, documented {list(spec.reductions)}")
+    with torch.no_grad():
+        feats = fm(make_input(spec))
+    _check_feature_maps(feats, fm, spec, spec.hw)
+
+
+def check_forward_intermediates(model: Any, spec: ModelSpec) -> None:
+    """``forward_intermediates`` agrees with ``feature_info`` and ``forward_features``; bad indices fail."""
+    x = make_input(spec, _in_chans(model))
+    n = len(model.feature_info)
+    with torch.no_grad():
+        final, inter = model.forward_intermediates(x)
+        if len(inter) != n:
+            _fail(f"{spec.name}: forward_intermediates gave {len(inter)} maps for {n} feature_info entries")
+        chans = [info["num_chs"] for info in model.feature_info]
+        if [f.shape[1] for f in inter] != chans:
+            _fail(f"{spec.name}: intermediate channels {[f.shape[1] for f in inter]} != {chans}")
+        _close(final, model.forward_features(x), spec, "forward_intermediates final vs forward_features")
+        last = model.forward_intermediates(x, indices=[-1], intermediates_only=True, stop_early=True)
+        if len(last) != 1:
+            _fail(f"{spec.name}: indices=[-1] gave {len(last)} maps")
+        _close(last[0], inter[-1], spec, "indices=[-1] vs the full list's last map")
+    try:
+        model.forward_intermediates(x, indices=[n + 3])
+    except (ValueError, IndexError):
+        pass
+    else:
+        _fail(f"{spec.name}: forward_intermediates(indices=[{n + 3}]) did not raise")
+    pruned = copy.deepcopy(model)
+    kept = pruned.prune_intermediate_layers(indices=[0])
+    if list(kept) != [0]:
+        _fail(f"{spec.name}: prune_intermediate_layers([0]) kept {kept}")
+    with torch.no_grad():
+        only = pruned.forward_intermediates(x, indices=[0], intermediates_only=True)
+    _close(only[0], inter[0], spec, "first map after prune_intermediate_layers")
+
+
+def _train_step(m: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    out = m(x)
+    _logits_loss(out).backward()
+    grads = {n: p.grad.detach().clone() for n, p in m.named_parameters() if p.grad is not None}
+    return out.detach(), grads
+
+
+def _same_training(a: nn.Module, b: nn.Module, x: torch.Tensor, spec: ModelSpec, what: str) -> None:
+    out_a, grads_a = _train_step(a, x)
+    out_b, grads_b = _train_step(b, x)
+    _close(out_b, out_a, spec, f"{what}: outputs")
+    if set(grads_a) != set(grads_b):
+        _fail(
+            f"{spec.name}: {what}: parameters with gradients differ: "
+            f"{sorted(set(grads_a) ^ set(grads_b))[:8]}"
+        )
+    for n, g in grads_a.items():
+        _close(grads_b[n], g, spec, f"{what}: gradient of {n}")
+
+
+def check_grad_checkpointing(model: Any, spec: ModelSpec) -> None:
+    """``set_grad_checkpointing()`` gives the same outputs and gradients in training."""
+    x = make_input(spec, _in_chans(model))
+    plain = copy.deepcopy(model).train()
+    ckpt = copy.deepcopy(model).train()
+    ckpt.set_grad_checkpointing(True)
+    _same_training(plain, ckpt, x, spec, "grad checkpointing")
+
+
+class _TimmTracer(torch.fx.Tracer):
+    """An FX tracer that treats timm's registered no-trace modules and functions as leaves."""
+
+    def __init__(self) -> None:
+        super().__init__(autowrap_functions=tuple(get_notrace_functions()))
+        self._leaves = tuple(get_notrace_modules())
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, self._leaves) or super().is_leaf_module(m, module_qualified_name)
+
+
+def fx_trace(model: nn.Module) -> torch.fx.GraphModule:
+    """``torch.fx.symbolic_trace`` honouring timm's ``register_notrace_function`` / ``_module``."""
+    graph = _TimmTracer().trace(model)
+    return torch.fx.GraphModule(model, graph)
+
+
+def check_fx_trace(model: Any, spec: ModelSpec) -> None:
+    """torch.fx symbolic tracing: the traced module equals the model forward and backward."""
+    x = make_input(spec, _in_chans(model))
+    m = copy.deepcopy(model)
+    try:
+        traced = fx_trace(m)
+    except Exception as e:
+        _fail(f"{spec.name}: torch.fx symbolic trace failed: {type(e).__name__}: {e}")
+    with torch.no_grad():
+        _close(traced(x), model(x), spec, "FX-traced vs eager outputs (eval)")
+    _same_training(
+        copy.deepcopy(model).train(), fx_trace(copy.deepcopy(model)).train(), x, spec, "FX training"
+    )
+
+
+def check_fx_feature_extraction(model: Any, spec: ModelSpec) -> None:
+    """timm's FX feature extraction (torchvision's ``create_feature_extractor``) equals features_only."""
+    try:
+        fm = build(spec, features_only=True, feature_cls="fx")
+    except Exception as e:
+        _fail(f"{spec.name}: features_only with feature_cls='fx' failed: {type(e).__name__}: {e}")
+    ref = build(spec, features_only=True)
+    x = make_input(spec)
+    with torch.no_grad():
+        got, want = fm(x), ref(x)
+    got = list(got.values()) if isinstance(got, Mapping) else list(got)
+    if len(got) != len(want):
+        _fail(f"{spec.name}: FX feature extractor gave {len(got)} maps, features_only {len(want)}")
+    for i, (g, w) in enumerate(zip(got, want)):
+        _close(g, w, spec, f"FX feature map {i}")
+
+
+def check_torchscript(model: Any, spec: ModelSpec) -> None:
+    """``torch.jit.script`` works and equals eager (only for models the package declares scriptable)."""
+    x = make_input(spec, _in_chans(model))
+    try:
+        scripted = torch.jit.script(copy.deepcopy(model))
+    except Exception as e:
+        _fail(f"{spec.name}: torch.jit.script failed: {type(e).__name__}: {str(e)[:400]}")
+    with torch.no_grad():
+        _close(scripted(x), model(x), spec, "TorchScript vs eager")
+
+
+def check_compile(model: Any, spec: ModelSpec) -> None:
+    """``torch.compile`` (the spec's backend) gives the eager outputs."""
+    assert spec.compile_backend is not None
+    x = make_input(spec, _in_chans(model))
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(copy.deepcopy(model), backend=spec.compile_backend)
+        with torch.no_grad():
+            got = compiled(x)
+    finally:
+        torch._dynamo.reset()
+    with torch.no_grad():
+        _close(got, model(x), spec, f"torch.compile ({spec.compile_backend}) vs eager")
+
+
+def check_autocast_bf16(model: Any, spec: ModelSpec) -> None:
+    """A CPU bfloat16-autocast forward gives finite logits of the right shape."""
+    x = make_input(spec, _in_chans(model))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    if out.shape != (x.shape[0], _num_classes(model)) or not torch.isfinite(out.float()).all():
+        _fail(f"{spec.name}: bf16 autocast output {tuple(out.shape)} is not finite logits")
+
+
+def _bn_eval_reference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # the model in training mode except that every BatchNorm uses its running statistics
+    with torch.no_grad():
+        return copy.deepcopy(model).eval()(x)
+
+
+def _finetune(m: nn.Module, x: torch.Tensor, spec: ModelSpec, what: str) -> torch.Tensor:
+    try:
+        out = m(x)
+        _logits_loss(out).backward()
+    except Exception as e:
+        _fail(f"{spec.name}: training with {what} failed: {type(e).__name__}: {str(e)[:300]}")
+    missing = _missing_grads(m)
+    if missing:
+        _fail(f"{spec.name}: training with {what}: no finite gradient for {missing[:8]}")
+    return out.detach()
+
+
+def _check_buffers_unchanged(
+    before: dict[str, torch.Tensor], m: nn.Module, spec: ModelSpec, what: str
+) -> None:
+    after = dict(m.named_buffers())
+    moved = [k for k, v in before.items() if k in after and not torch.equal(v, after[k])]
+    if moved:
+        _fail(f"{spec.name}: training with {what} moved running statistics: {moved[:8]}")
+
+
+def check_frozen_bn_training(model: Any, spec: ModelSpec) -> None:
+    """Fine-tuning with ``freeze_batch_norm_2d`` (detectron2/mmdet default): runs, computes eval-mode BN."""
+    x = make_input(spec, _in_chans(model))
+    m = freeze_batch_norm_2d(copy.deepcopy(model)).train()
+    if any(type(mod) in (nn.BatchNorm2d, nn.SyncBatchNorm) for mod in m.modules()):
+        _fail(f"{spec.name}: freeze_batch_norm_2d left BatchNorm2d modules (hidden from named_children?)")
+    before = _buffers(m)
+    out = _finetune(m, x, spec, "frozen BatchNorm")
+    _close(out, _bn_eval_reference(model, x), spec, "frozen-BN training outputs vs eval-mode BN")
+    _check_buffers_unchanged(before, m, spec, "frozen BatchNorm")
+
+
+def check_eval_bn_training(model: Any, spec: ModelSpec) -> None:
+    """Training with every BatchNorm in eval mode: uses and keeps the running statistics."""
+    x = make_input(spec, _in_chans(model))
+    m = copy.deepcopy(model).train()
+    for mod in m.modules():
+        if isinstance(mod, _BN):
+            mod.eval()
+    before = _buffers(m)
+    out = _finetune(m, x, spec, "BatchNorm in eval mode")
+    _close(out, _bn_eval_reference(model, x), spec, "eval-BN training outputs vs eval model")
+    _check_buffers_unchanged(before, m, spec, "BatchNorm in eval mode")
+
+
+def check_sync_bn_training(model: Any, spec: ModelSpec) -> None:
+    """A SyncBatchNorm-converted model (one process) trains exactly like the BatchNorm one."""
+    x = make_input(spec, _in_chans(model))
+    plain = copy.deepcopy(model).train()
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(model)).train()
+    if not any(isinstance(mod, nn.SyncBatchNorm) for mod in synced.modules()) and any(
+        isinstance(mod, nn.BatchNorm2d) for mod in plain.modules()
+    ):
+        _fail(f"{spec.name}: convert_sync_batchnorm found none of the model's BatchNorms")
+    try:
+        _same_training(plain, synced, x, spec, "SyncBatchNorm")
+    except AssertionError:
+        raise
+    except Exception as e:
+        _fail(f"{spec.name}: training with SyncBatchNorm failed: {type(e).__name__}: {str(e)[:300]}")
+    stats = [k for k in dict(plain.named_buffers()) if k.endswith(("running_mean", "running_var"))]
+    sb = dict(synced.named_buffers())
+    for k in stats:
+        _close(sb[k], dict(plain.named_buffers())[k], spec, f"running statistic {k} after SyncBN step")
+
+
+def check_output_stride(model: Any, spec: ModelSpec) -> None:
+    """``output_stride`` (dilated last stages): final maps and features_only reductions capped at it."""
+    x = make_input(spec, _in_chans(model))
+    for os_ in spec.output_strides:
+        try:
+            m = build(spec, output_stride=os_)
+            fm = build(spec, features_only=True, output_stride=os_)
+        except Exception as e:
+            _fail(f"{spec.name}: output_stride={os_} failed to build: {type(e).__name__}: {e}")
+        with torch.no_grad():
+            feats = m.forward_features(x)
+            maps = fm(x)
+        expected = tuple(math.ceil(s / os_) for s in spec.hw)
+        if tuple(feats.shape[-2:]) != expected:
+            _fail(
+                f"{spec.name}: output_stride={os_} gives {tuple(feats.shape[-2:])} maps, expected {expected}"
+            )
+        reds = fm.feature_info.reduction()
+        capped = [min(r, os_) for r in spec.reductions]
+        if list(reds) != capped:
+            _fail(f"{spec.name}: output_stride={os_}: feature_info reductions {reds}, expected {capped}")
+        _check_feature_maps(maps, fm, spec, spec.hw)
+        _finetune(m.train(), x, spec, f"output_stride={os_}")
+    bad = 12
+    try:
+        timm.create_model(spec.name, output_stride=bad, **dict(spec.create_kwargs))
+    except ValueError:
+        pass
+    else:
+        _fail(f"{spec.name}: output_stride={bad} did not raise a ValueError naming the valid values")
+
+
+def check_round_trip(model: Any, spec: ModelSpec) -> None:
+    """save_pretrained -> timm ``local-dir:`` and ``load_pretrained`` rebuild the same model, kwargs kept."""
+    m = build(spec, seed=3, **dict(spec.round_trip_kwargs))
+    x = make_input(spec, _in_chans(m))
+    with torch.no_grad():
+        want = m(x)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(m, tmp)
+        config = json.loads((Path(tmp) / CONFIG_NAME).read_text())
+        saved = config.get("model_args") or {}
+        for k, v in spec.round_trip_kwargs.items():
+            if saved.get(k) != json.loads(json.dumps(v)):
+                _fail(f"{spec.name}: config.json model_args[{k!r}] = {saved.get(k)!r}, built with {v!r}")
+        try:
+            via_timm = timm.create_model(
+                f"local-dir:{tmp}", pretrained=True, **dict(spec.create_kwargs)
+            ).eval()
+            via_ours = load_pretrained(tmp)
+        except Exception as e:
+            _fail(f"{spec.name}: reloading a model built with {dict(spec.round_trip_kwargs)} failed: {e}")
+    with torch.no_grad():
+        _close(via_timm(x), want, spec, "timm local-dir round trip")
+        _close(via_ours(x), want, spec, "load_pretrained round trip")
+
+
+def _raises_value_error(fn: Callable[[], Any]) -> str | None:
+    try:
+        fn()
+    except ValueError as e:
+        return str(e) or "(empty message)"
+    except Exception as e:
+        return f"!{type(e).__name__}: {e}"
+    return None
+
+
+def check_bad_input(model: Any, spec: ModelSpec) -> None:
+    """Wrong channel counts, too-small images and non-4-D input raise a ValueError with a message."""
+    c = _in_chans(model)
+    h, w = spec.hw
+    cases: Iterable[tuple[str, torch.Tensor]] = (
+        (f"{c + 1} channels", torch.randn(1, c + 1, h, w)),
+        (f"a {spec.min_img_size - 1}-pixel side", torch.randn(2, c, spec.min_img_size - 1, w)),
+        ("a 3-D tensor", torch.randn(c, h, w)),
+    )
+    with torch.no_grad():
+        for what, x in cases:
+            msg = _raises_value_error(functools.partial(model, x))
+            if msg is None:
+                _fail(f"{spec.name}: {what} was accepted")
+            if msg.startswith("!"):
+                _fail(f"{spec.name}: {what} raised {msg[1:]}, expected a ValueError naming the problem")
+        out = model(torch.randn(2, c, spec.min_img_size, spec.min_img_size))
+    if not torch.isfinite(out).all():
+        _fail(f"{spec.name}: the documented smallest input {spec.min_img_size} gives non-finite logits")
+
+
+#: check name -> (function, whether it applies to a spec)
+CHECKS: dict[str, tuple[Callable[[Any, ModelSpec], None], Callable[[ModelSpec], str | None]]] = {
+    "forward_backward": (check_forward_backward, lambda s: None),
+    "timm_attributes": (check_timm_attributes, lambda s: None),
+    "pretrained_cfg": (check_pretrained_cfg, lambda s: None),
+    "reset_classifier": (check_reset_classifier, lambda s: None),
+    "features_only": (check_features_only, lambda s: None),
+    "forward_intermediates": (check_forward_intermediates, lambda s: None),
+    "grad_checkpointing": (check_grad_checkpointing, lambda s: None),
+    "fx_trace": (check_fx_trace, lambda s: None),
+    "fx_feature_extraction": (check_fx_feature_extraction, lambda s: None),
+    "torchscript": (check_torchscript, lambda s: None if s.torchscript else "not declared scriptable"),
+    "compile": (check_compile, lambda s: None if s.compile_backend else "compile check disabled in spec"),
+    "autocast_bf16": (check_autocast_bf16, lambda s: None),
+    "frozen_bn_training": (check_frozen_bn_training, lambda s: None),
+    "eval_bn_training": (check_eval_bn_training, lambda s: None),
+    "sync_bn_training": (check_sync_bn_training, lambda s: None),
+    "output_stride": (
+        check_output_stride,
+        lambda s: None if s.output_strides else "no output_stride (not a CNN)",
+    ),
+    "round_trip": (check_round_trip, lambda s: None),
+    "bad_input": (check_bad_input, lambda s: None),
+}

@@ -1,0 +1,52 @@
+"""What a package declares about one of its models for the contract kit."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ModelSpec"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registered model and the parts of the contract that apply to it.
+
+    Attributes:
+        name: the timm model name.
+        img_size: side (or (H, W)) of the small input every check runs at; full-size models, small maps.
+        batch_size: images per check batch (2: training-mode BatchNorm needs more than one value).
+        reductions: expected ``features_only`` reductions with the default ``out_indices``.
+        output_strides: ``output_stride`` values the model must take (CNNs: 8 and 16); () for none.
+        round_trip_kwargs: non-default constructor kwargs that must survive ``save_pretrained``.
+        create_kwargs: kwargs for every model the kit builds (e.g. ``img_size`` for a ViT).
+        min_img_size: the smallest side the model accepts; one pixel less must be a clear ValueError.
+        torchscript: the package declares the model scriptable.
+        compile_backend: ``torch.compile`` backend of the compile check ("inductor", or "aot_eager" to
+            check graph capture and autograd without code generation); None skips it with that reason.
+        unpooled_head: ``reset_classifier(0, "")`` leaves a spatial map (CNN-style heads).
+        atol: absolute tolerance of numerical comparisons (float32).
+        rtol: relative tolerance.
+    """
+
+    name: str
+    img_size: int | tuple[int, int] = 64
+    batch_size: int = 2
+    reductions: tuple[int, ...] = (4, 8, 16, 32)
+    output_strides: tuple[int, ...] = ()
+    round_trip_kwargs: Mapping[str, Any] = field(default_factory=lambda: {"in_chans": 1})
+    create_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    min_img_size: int = 32
+    torchscript: bool = False
+    compile_backend: str | None = "inductor"
+    unpooled_head: bool = True
+    atol: float = 1e-4
+    rtol: float = 1e-4
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return (self.img_size, self.img_size) if isinstance(self.img_size, int) else tuple(self.img_size)  # type: ignore[return-value]
+
+    def __str__(self) -> str:  # the pytest id
+        return self.name

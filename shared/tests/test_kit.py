@@ -1,0 +1,46 @@
+"""The model-contract kit: a healthy toy network passes it; each check fails on a network that breaks it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import toy_models
+
+from ctxnets_shared.testing import CHECKS, ModelSpec, build, contract_suite, randomize_zero_init
+
+TOY = dict(output_strides=(8, 16), torchscript=True, compile_backend="aot_eager")
+
+# the whole kit over the healthy toy, as a package runs it over its models
+TestToyContract = contract_suite([ModelSpec("ctxnets_toy", **TOY)])
+
+
+@pytest.mark.parametrize("defect", list(toy_models.DEFECTS))
+def test_each_check_fails_on_a_model_that_breaks_it(defect):
+    check_name = toy_models.DEFECTS[defect]
+    spec = ModelSpec(f"ctxnets_toy_{defect}", **TOY)
+    check, _ = CHECKS[check_name]
+    with pytest.raises(AssertionError, match=f"ctxnets_toy_{defect}"):
+        check(build(spec), spec)
+
+
+def test_every_check_has_a_broken_model():
+    assert set(toy_models.DEFECTS.values()) == set(CHECKS)
+
+
+def test_randomize_makes_zero_init_branches_visible():
+    import timm
+
+    model = timm.create_model("ctxnets_toy")
+    assert not model.stages[0].bn2.weight.any()
+    randomize_zero_init(model)
+    assert model.stages[0].bn2.weight.min() >= 0.5
+    assert (model.stem_bn.running_var != 1).all() and (model.stem_bn.running_mean != 0).all()
+
+
+def test_suite_rejects_unknown_skips():
+    with pytest.raises(ValueError, match="unknown contract checks"):
+        contract_suite([ModelSpec("ctxnets_toy")], skip=["nope"])
