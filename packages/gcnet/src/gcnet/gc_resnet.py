@@ -27,11 +27,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 from timm.layers import register_notrace_function
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models.resnet import Bottleneck, ResNet
 
 from ctxnets_shared.layers import AttnLayerSpec, create_attn_layer
-from ctxnets_shared.models import check_image_input, feature_take_indices, paper_cfg
+from ctxnets_shared.models import build_model_with_args, check_image_input, feature_take_indices, paper_cfg
 
 __all__ = ["POSITIONS", "ContextBottleneck", "GCResNet"]
 
@@ -228,7 +228,7 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> GCResNet:
     shortcuts = {k: kwargs.pop(k) for k in shortcut_keys if k in kwargs}
     if shortcuts:
         kwargs["attn_kwargs"] = {**(kwargs.get("attn_kwargs") or {}), **shortcuts}
-    return build_model_with_cfg(
+    return build_model_with_args(
         GCResNet,
         variant,
         pretrained,
