@@ -22,7 +22,7 @@ position, the stages and the blocks are constructor options, so the paper's abla
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -228,13 +228,14 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> GCResNet:
     shortcuts = {k: kwargs.pop(k) for k in shortcut_keys if k in kwargs}
     if shortcuts:
         kwargs["attn_kwargs"] = {**(kwargs.get("attn_kwargs") or {}), **shortcuts}
-    return build_model_with_args(
+    model = build_model_with_args(
         GCResNet,
         variant,
         pretrained,
         feature_cfg=dict(feature_cls="getter", out_indices=(1, 2, 3, 4)),
         **kwargs,
     )
+    return cast(GCResNet, model)  # features_only gives timm's feature wrapper around it
 
 
 _PAPER = "Global Context Networks"
