@@ -29,6 +29,9 @@ TestContract = contract_suite(
             "gc_resnet101",
             round_trip_kwargs={"in_chans": 1, "attn_position": "after_add", "attn_stages": [3]},
             compile_backend="aot_eager",
+            # 101 randomised layers give logits around 200: FrozenBatchNorm2d vs BatchNorm2d rounding
+            # differs by 4e-4 relative there
+            rtol=1e-3,
             **_CNN,
         ),
         ModelSpec(

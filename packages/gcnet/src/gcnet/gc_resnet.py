@@ -67,6 +67,14 @@ class ContextBottleneck(Bottleneck):
             raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
         self.context_block = module
         self.context_position = position
+        if module is not None and position != "after_add":
+            # register it where forward first uses it, before the shortcut's ``downsample``: module order
+            # then equals execution order, which FX-rebuilt copies (GraphModule) follow
+            modules = self._modules
+            order = [k for k in modules if k != "context_block"]
+            at = order.index("downsample") if "downsample" in order else len(order)
+            order.insert(at, "context_block")
+            self._modules = type(modules)((k, modules[k]) for k in order)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in, H, W) -> (B, 4 * planes, H / stride, W / stride)."""
