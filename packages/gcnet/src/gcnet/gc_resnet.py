@@ -251,7 +251,14 @@ _IDS = "arXiv:2012.13375, doi:10.1109/TPAMI.2020.3047209"
 _ORIGIN = "https://github.com/xvjiarui/GCNet"
 
 
-def _cfg(params: int, gflops: float, top1: float | None, rtol: float = 0.0, **kwargs: Any) -> Any:
+def _cfg(
+    params: int,
+    gflops: float,
+    top1: float | None,
+    rtol: float = 0.0,
+    gflops_rtol: float = 0.07,
+    **kwargs: Any,
+) -> Any:
     return paper_cfg(
         paper_params=params,
         paper_gflops=gflops,
@@ -260,6 +267,7 @@ def _cfg(params: int, gflops: float, top1: float | None, rtol: float = 0.0, **kw
         paper_ids=_IDS,
         origin_url=_ORIGIN,
         params_rtol=rtol,
+        gflops_rtol=gflops_rtol,
         first_conv="conv1",
         classifier="fc",
         interpolation="bilinear",
@@ -269,14 +277,16 @@ def _cfg(params: int, gflops: float, top1: float | None, rtol: float = 0.0, **kw
 
 # params: specs/gcnet.md (exact for the GC networks, the paper's 2-decimal millions for NL / SNL);
 # GFLOPs and top-1: Table 8(a) (ImageNet, 224). The paper gives no ImageNet numbers for the r4 / 101 models;
-# their GFLOPs are ResNet-101's / ResNeXt-101's plus the GC blocks' few MFLOPs.
+# their GFLOPs are ResNet-101's / ResNeXt-101's plus the GC blocks' few MFLOPs. The paper's counter (SENet's)
+# puts ResNet-50 at 3.86 G where ours (and timm's) counts 4.09 G, hence a 7% tolerance; its +0.25 G for the
+# NL block is +0.45 G with ours (the four 1x1 convs at 14x14 alone are 0.41 G MACs), hence 12% there.
 default_cfgs = generate_default_cfgs(
     {
         "gc_resnet50": _cfg(28_078_773, 3.87, 77.49),
         "gc_resnet50_r4": _cfg(35_557_941, 3.87, None),
-        "gc_resnet101": _cfg(49_337_222, 7.83, None),
-        "gc_resnext101_32x4d": _cfg(48_965_766, 8.03, None),
-        "nl_resnet50": _cfg(27_660_000, 4.11, 77.21, rtol=0.001),
+        "gc_resnet101": _cfg(49_337_222, 7.83, None, gflops_rtol=0.05),
+        "gc_resnext101_32x4d": _cfg(48_965_766, 8.03, None, gflops_rtol=0.05),
+        "nl_resnet50": _cfg(27_660_000, 4.11, 77.21, rtol=0.001, gflops_rtol=0.12),
         "snl_resnet50": _cfg(26_610_000, 3.86, 77.10, rtol=0.001),
     }
 )
