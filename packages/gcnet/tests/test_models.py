@@ -179,6 +179,7 @@ def test_options():
         (dict(attn_position="before_conv1"), "attn_position must be one of"),
         (dict(ratio=1 / 1024), "0 hidden channels"),
         (dict(attn_layer="no_such_attention"), "unknown attention layer"),
+        (dict(output_stride=12), "output_stride must be 8, 16 or 32"),
     ],
 )
 def test_bad_options(kwargs, match):

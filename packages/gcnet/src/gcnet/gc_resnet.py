@@ -33,9 +33,12 @@ from timm.models.resnet import Bottleneck, ResNet
 from ctxnets_shared.layers import AttnLayerSpec, create_attn_layer
 from ctxnets_shared.models import build_model_with_args, check_image_input, feature_take_indices, paper_cfg
 
-__all__ = ["POSITIONS", "ContextBottleneck", "GCResNet"]
+__all__ = ["ATTN_SHORTCUTS", "POSITIONS", "ContextBottleneck", "GCResNet"]
 
 POSITIONS = ("after_conv2", "after_conv3", "after_add")
+#: context-module options GCResNet also takes as top-level kwargs (GC: ratio, pooling, fusion, transform;
+#: NL: mode, reduction); they are merged into ``attn_kwargs``
+ATTN_SHORTCUTS = ("ratio", "pooling", "fusion", "transform", "mode", "reduction")
 _MIN_SIZE = 32  # the network stride
 # shape checks cannot be traced: an opaque call in FX graphs, for timm's tracer (notrace registry, twice is
 # harmless) and for plain torch.fx.symbolic_trace (fx.wrap patches this module's global)
@@ -117,7 +120,8 @@ class GCResNet(ResNet):
         attn_layer: the context module: "gc", "nl", "snl", another registered attention name, a callable
             ``channels -> nn.Module``, or None / "none" for a plain ResNet (``timm.create_model`` drops
             None-valued kwargs, so pass "none" there).
-        attn_kwargs: options for it (e.g. ``dict(ratio=1/4, pooling="avg", fusion=("channel_mul",))``).
+        attn_kwargs: options for it (e.g. ``dict(ratio=1/4, pooling="avg", fusion=("channel_mul",))``);
+            the names in :data:`ATTN_SHORTCUTS` may also be given directly (``ratio=1/4``).
         attn_position: one of :data:`POSITIONS`.
         attn_stages: 0-based stage indices that get it (0 = ``layer1`` = c2; the paper's c3-c5 = (1, 2, 3)).
         attn_blocks: block indices within each of those stages (negative counts from the end); None: all.
@@ -142,6 +146,10 @@ class GCResNet(ResNet):
             raise ValueError(f"attn_position must be one of {POSITIONS}, got {attn_position!r}")
         if any(i not in range(4) for i in attn_stages):
             raise ValueError(f"attn_stages are 0-based stage indices in 0..3, got {tuple(attn_stages)}")
+        if kwargs.get("output_stride", 32) not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {kwargs['output_stride']}")
+        shortcuts = {k: kwargs.pop(k) for k in ATTN_SHORTCUTS if k in kwargs}
+        attn_kwargs = {**(attn_kwargs or {}), **shortcuts}
         kwargs.pop("block", None)
         super().__init__(block=ContextBottleneck, layers=tuple(layers), **kwargs)  # type: ignore[arg-type]
         for stage_idx in sorted(set(attn_stages)):
@@ -231,11 +239,6 @@ class GCResNet(ResNet):
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> GCResNet:
-    # shortcuts for the context module's options
-    shortcut_keys = ("ratio", "pooling", "fusion", "transform", "mode", "reduction")
-    shortcuts = {k: kwargs.pop(k) for k in shortcut_keys if k in kwargs}
-    if shortcuts:
-        kwargs["attn_kwargs"] = {**(kwargs.get("attn_kwargs") or {}), **shortcuts}
     model = build_model_with_args(
         GCResNet,
         variant,
