@@ -24,7 +24,7 @@ ROOT = Path(__file__).parent
 PACKAGES: dict[str, tuple[str, str, str | None]] = {
     "shared": ("ctxnets-shared", "ctxnets_shared", None),
     "cot": ("cotnet", "cot", "cotnet50"),
-    "gcnet": ("gcnet", "gcnet", None),
+    "gcnet": ("gcnet", "gcnet", "gc_resnet50"),
     "care-ssl": ("care-ssl", "care_ssl", None),
     "hiri-vit": ("hiri-vit", "hiri_vit", "hiri_vit_s"),
     "container": ("container", "container", "container_v1_light"),
