@@ -4,8 +4,24 @@
 :func:`contract_suite` turns them into a pytest class. Importing this package needs pytest.
 """
 
-from ctxnets_shared.testing.checks import CHECKS, build, fx_trace, make_input, randomize_zero_init
+from ctxnets_shared.testing.checks import (
+    CHECKS,
+    STRUCTURAL_CHECKS,
+    build,
+    fx_trace,
+    make_input,
+    randomize_zero_init,
+)
 from ctxnets_shared.testing.spec import ModelSpec
 from ctxnets_shared.testing.suite import contract_suite
 
-__all__ = ["CHECKS", "ModelSpec", "build", "contract_suite", "fx_trace", "make_input", "randomize_zero_init"]
+__all__ = [
+    "CHECKS",
+    "STRUCTURAL_CHECKS",
+    "ModelSpec",
+    "build",
+    "contract_suite",
+    "fx_trace",
+    "make_input",
+    "randomize_zero_init",
+]

@@ -22,6 +22,7 @@ import torch
 import torch.fx
 import torch.nn as nn
 from timm.layers import get_notrace_functions, get_notrace_modules
+from timm.models import create_feature_extractor
 from timm.utils.model import freeze_batch_norm_2d
 
 from ctxnets_shared.models.cfg import PAPER_FIELDS
@@ -31,6 +32,7 @@ from ctxnets_shared.weights.io import CONFIG_NAME, load_pretrained, save_pretrai
 
 __all__ = [
     "CHECKS",
+    "STRUCTURAL_CHECKS",
     "build",
     "calibrate_batchnorm",
     "check_autocast_bf16",
@@ -377,7 +379,7 @@ def fx_trace(model: nn.Module) -> torch.fx.GraphModule:
 
 def check_fx_trace(model: Any, spec: ModelSpec) -> None:
     """torch.fx symbolic tracing: the traced module equals the model forward and backward."""
-    x = make_input(spec, _in_chans(model))
+    model, x = _precise(model, make_input(spec, _in_chans(model)), spec)  # traced code may take another path
     m = copy.deepcopy(model)
     try:
         traced = fx_trace(m)
@@ -391,23 +393,37 @@ def check_fx_trace(model: Any, spec: ModelSpec) -> None:
 
 
 def check_fx_feature_extraction(model: Any, spec: ModelSpec) -> None:
-    """timm's FX feature extraction (torchvision's ``create_feature_extractor``) equals features_only."""
+    """torchvision's ``create_feature_extractor`` (through timm) equals ``forward_intermediates``.
+
+    Also builds ``features_only=True, feature_cls="fx"`` (timm's FX feature wrapper) and checks its maps.
+    """
     try:
         fm = build(spec, features_only=True, feature_cls="fx")
+        with torch.no_grad():
+            maps = fm(make_input(spec))
     except Exception as e:
         _fail(f"{spec.name}: features_only with feature_cls='fx' failed: {type(e).__name__}: {e}")
-    ref = build(spec, features_only=True)
-    x = make_input(spec)
+    maps = list(maps.values()) if isinstance(maps, Mapping) else list(maps)
+    if len(maps) != len(spec.reductions):
+        _fail(f"{spec.name}: feature_cls='fx' gave {len(maps)} maps for {len(spec.reductions)} reductions")
+    model, x = _precise(model, make_input(spec, _in_chans(model)), spec)
+    nodes = {info["module"]: str(i) for i, info in enumerate(model.feature_info)}
+    try:
+        extractor = create_feature_extractor(copy.deepcopy(model), return_nodes=nodes)
+    except Exception as e:
+        _fail(f"{spec.name}: create_feature_extractor failed: {type(e).__name__}: {e}")
     with torch.no_grad():
-        got, want = fm(x), ref(x)
-    got = list(got.values()) if isinstance(got, Mapping) else list(got)
+        got = list(extractor(x).values())
+        want = model.forward_intermediates(x, intermediates_only=True)
     if len(got) != len(want):
-        _fail(f"{spec.name}: FX feature extractor gave {len(got)} maps, features_only {len(want)}")
+        _fail(f"{spec.name}: FX feature extractor gave {len(got)} maps, forward_intermediates {len(want)}")
     for i, (g, w) in enumerate(zip(got, want)):
         if g.dim() == 3 and w.dim() == 4:  # a ViT block's (B, prefix + H*W, C) tokens vs its NCHW map
             h, wd = w.shape[-2:]
             g = g[:, -h * wd :].transpose(1, 2).reshape(w.shape)
-        _close(g, w, spec, f"FX feature map {i}")
+        elif g.dim() == 4 and w.dim() == 4 and g.shape != w.shape and g.permute(0, 3, 1, 2).shape == w.shape:
+            g = g.permute(0, 3, 1, 2)  # an NHWC stage output
+        _close(g, w, spec, f"FX feature map {i} ({model.feature_info[i]['module']})")
 
 
 def check_torchscript(model: Any, spec: ModelSpec) -> None:
@@ -605,6 +621,17 @@ def check_bad_input(model: Any, spec: ModelSpec) -> None:
     if not torch.isfinite(out).all():
         _fail(f"{spec.name}: the documented smallest input {spec.min_img_size} gives non-finite logits")
 
+
+#: the checks a deeper variant keeps when its blocks are those of a sibling that runs the whole kit
+STRUCTURAL_CHECKS: tuple[str, ...] = (
+    "forward_backward",
+    "timm_attributes",
+    "pretrained_cfg",
+    "features_only",
+    "frozen_bn_training",
+    "round_trip",
+    "bad_input",
+)
 
 #: check name -> (function, whether it applies to a spec)
 CHECKS: dict[str, tuple[Callable[[Any, ModelSpec], None], Callable[[ModelSpec], str | None]]] = {

@@ -29,6 +29,9 @@ class ModelSpec:
         unpooled_head: ``reset_classifier(0, "")`` leaves a spatial map (CNN-style heads).
         float64: compare TorchScript, compiled and frozen-BN outputs with eager in float64 (False for
             models whose kernels are float32-only: those comparisons then run in float32).
+        only: run just these checks (names in ``checks.CHECKS``), the others skipped with ``only_reason``:
+            for deeper variants that repeat a fully checked sibling's blocks, to keep CI within its time.
+        only_reason: why the other checks are skipped (shown in pytest's summary).
         atol: absolute tolerance of numerical comparisons (float32).
         rtol: relative tolerance.
     """
@@ -45,6 +48,8 @@ class ModelSpec:
     compile_backend: str | None = "aot_eager"
     unpooled_head: bool = True
     float64: bool = True
+    only: tuple[str, ...] | None = None
+    only_reason: str = ""
     atol: float = 1e-4
     rtol: float = 1e-4
 

@@ -25,7 +25,7 @@ def contract_suite(specs: Sequence[ModelSpec], *, skip: Sequence[str] = ()) -> t
         skip: check names (keys of :data:`~ctxnets_shared.testing.checks.CHECKS`) that do not apply to any
             of them; each skip shows in pytest's summary with its name.
     """
-    unknown = set(skip) - set(CHECKS)
+    unknown = (set(skip) | {c for s in specs for c in (s.only or ())}) - set(CHECKS)
     if unknown:
         raise ValueError(f"unknown contract checks {sorted(unknown)}; valid: {sorted(CHECKS)}")
     if not specs:
@@ -44,6 +44,8 @@ def contract_suite(specs: Sequence[ModelSpec], *, skip: Sequence[str] = ()) -> t
         def test(self: object, spec: ModelSpec) -> None:
             if check_name in skip:
                 pytest.skip(f"{check_name}: skipped for this package")
+            if spec.only is not None and check_name not in spec.only:
+                pytest.skip(f"{check_name}: {spec.only_reason or 'not in this spec'}")
             reason = applies(spec)
             if reason is not None:
                 pytest.skip(f"{check_name}: {reason}")
