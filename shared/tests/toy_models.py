@@ -130,10 +130,8 @@ class ToyNet(nn.Module):
     @torch.jit.unused
     def _defective_bn(self, x: torch.Tensor) -> torch.Tensor:
         bn = self.stem_bn
-        if self.defect == "bn_momentum":  # reads an attribute FrozenBatchNorm2d does not have
-            return F.batch_norm(
-                x, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.training, bn.momentum, bn.eps
-            )
+        if self.defect == "bn_momentum":  # reads a buffer FrozenBatchNorm2d does not have
+            return bn(x) + 0 * bn.num_batches_tracked
         if self.defect == "bn_model_mode":  # the model's mode, not the BN's, picks batch statistics
             return F.batch_norm(
                 x, bn.running_mean, bn.running_var, bn.weight, bn.bias, self.training, 0.1, bn.eps
