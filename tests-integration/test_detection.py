@@ -19,6 +19,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ctxnets_shared.packages import discover_packages
+from ctxnets_shared.testing import randomize_zero_init
 
 
 class TimmFPNBackbone(nn.Module):
@@ -26,7 +27,10 @@ class TimmFPNBackbone(nn.Module):
 
     def __init__(self, model_name: str, fpn_channels: int = 64, **kwargs: object) -> None:
         super().__init__()
-        self.body = freeze_batch_norm_2d(timm.create_model(model_name, features_only=True, **kwargs))
+        body = timm.create_model(model_name, features_only=True, **kwargs)
+        # random values stand in for pretrained weights: frozen at its zero init, a bottleneck's last BN
+        # would keep every residual branch (and its context block) switched off
+        self.body = freeze_batch_norm_2d(randomize_zero_init(body))
         self.fpn = FeaturePyramidNetwork(
             self.body.feature_info.channels(), fpn_channels, extra_blocks=LastLevelMaxPool()
         )
