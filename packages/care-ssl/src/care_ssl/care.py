@@ -53,8 +53,10 @@ class CARE(nn.Module):
         depth: T-stream blocks n (paper Table 7: 5).
         pos_embed: "absolute" (default, as the official code) or "relative" (paper Table 8).
         design: "parallel" (T-stream off C4, beside the last stage) or "sequential" (off C5).
-        hidden_dim, proj_dim: projector/predictor widths (4096 and 256 in the paper).
-        heads, dim_head: T-stream attention heads (4 of 128 in the paper).
+        hidden_dim: projector/predictor hidden width (4096 in the paper).
+        proj_dim: projector/predictor output width (256 in the paper).
+        heads: T-stream attention heads (4 in the paper).
+        dim_head: width of each T-stream head (128 in the paper).
         base_momentum: tau at step 0 (0.99).
         backbone_kwargs: extra ``timm.create_model`` kwargs when ``backbone`` is a name.
     """

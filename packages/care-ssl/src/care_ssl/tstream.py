@@ -189,7 +189,10 @@ class TStream(nn.Module):
         size: (H, W) of the input map; every positional table is sized from it.
         depth: number of blocks n (paper Table 7; 5 by default).
         downsample: whether the first block halves the map (True in the parallel design, off C4).
-        proj_factor, heads, dim_head, pos_embed: see :class:`BoTBlock`.
+        proj_factor: see :class:`BoTBlock`.
+        heads: see :class:`BoTBlock`.
+        dim_head: see :class:`BoTBlock`.
+        pos_embed: see :class:`BoTBlock`.
     """
 
     def __init__(
