@@ -16,7 +16,7 @@ residual (there is no inner skip), and the paper's initialisation
 makes an add-only block start as the identity.
 
 :meth:`GlobalContextBlock.context` is the equation step by step; with ``fused=True`` (the default) eager
-runs take :func:`gcnet.fused.attention_pool` instead, the same pooling with a one-pass backward.
+training takes :func:`gcnet.fused.attention_pool` instead, the same pooling with a one-pass backward.
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ class GlobalContextBlock(nn.Module):
         fusion: a non-empty subset of ``("channel_add", "channel_mul")`` (mmcv's names); a single name is
             accepted too.
         transform: one of :data:`TRANSFORMS` (Table 5(d)).
-        fused: in eager mode, pool with :func:`gcnet.fused.attention_pool` (same result, faster training
-            step); TorchScript, torch.fx and torch.compile always see the step-by-step pooling.
+        fused: in eager training, pool with :func:`gcnet.fused.attention_pool` (same result, faster
+            backward); inference, TorchScript, torch.fx and torch.compile use the step-by-step pooling.
 
     Raises:
         ValueError: unknown pooling / fusion / transform, or a ratio giving no hidden channels.
@@ -139,7 +139,7 @@ class GlobalContextBlock(nn.Module):
         if self.conv_mask is None:
             return F.adaptive_avg_pool2d(x, 1)
         if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
-            if self.fused and _eager(x):
+            if self.fused and x.requires_grad and torch.is_grad_enabled() and _eager(x):
                 return attention_pool(x, self.conv_mask.weight, self.conv_mask.bias)
         weights = self.attention_map(x)  # (B, 1, N)
         return torch.matmul(x.flatten(2), weights.transpose(1, 2)).unsqueeze(-1)
