@@ -168,6 +168,57 @@ def docs(session: nox.Session) -> None:
     session.run("mkdocs", "build", "--strict", "--site-dir", os.environ.get("DOCS_SITE_DIR", "site"))
 
 
+@nox.session
+def zoo(session: nox.Session) -> None:
+    """``ctxnets zoo --no-speed`` regenerated and compared with the committed docs/zoo: no drift.
+
+    Without the throughput column the table and the JSON depend only on the code and the locked torch/timm,
+    so they must match byte for byte (the JSON is compared as data); zoo.png is redrawn but not compared
+    (its bytes depend on matplotlib's renderer). ``ctxnets zoo`` itself fails when a model misses its
+    paper's numbers. To update the docs: ``uv run ctxnets zoo --no-speed --out docs/zoo``.
+    """
+    _sync(session, "--all-packages", "--extra", "cli")
+    fresh = Path(tempfile.mkdtemp(prefix="ctxnets-zoo-"))
+    try:
+        session.run("ctxnets", "zoo", "--no-speed", "--out", str(fresh))
+        problems = _zoo_drift(ROOT / "docs" / "zoo", fresh)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+    if problems:
+        session.error(
+            "docs/zoo is out of date; run `uv run ctxnets zoo --no-speed --out docs/zoo` and commit it:\n"
+            + "\n".join(problems)
+        )
+
+
+def _zoo_drift(committed: Path, fresh: Path) -> list[str]:
+    import difflib
+    import json
+
+    problems = [
+        f"docs/zoo/{n} is missing" for n in ("zoo.md", "zoo.json", "zoo.png") if not (committed / n).is_file()
+    ]
+    if problems:
+        return problems
+    old_md, new_md = (committed / "zoo.md").read_text(), (fresh / "zoo.md").read_text()
+    if old_md != new_md:
+        diff = difflib.unified_diff(
+            old_md.splitlines(), new_md.splitlines(), "docs/zoo/zoo.md", "fresh zoo.md", lineterm=""
+        )
+        problems.append("\n".join(diff))
+    old_js, new_js = (json.loads((d / "zoo.json").read_text()) for d in (committed, fresh))
+    if old_js != new_js:
+        old_rows = {r["model"]: r for r in old_js["rows"]}
+        for row in new_js["rows"]:
+            if old_rows.get(row["model"]) != row:
+                problems.append(f"zoo.json {row['model']}: committed {old_rows.get(row['model'])}, now {row}")
+        if old_js["meta"] != new_js["meta"] or len(old_rows) != len(new_js["rows"]):
+            problems.append(
+                f"zoo.json: committed {old_js['meta']}, {len(old_rows)} rows; now {new_js['meta']}"
+            )
+    return problems
+
+
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
     """Speed and memory side by side (not run by a bare ``nox``): CoTNet-50 and SE-CoTNetD-50 vs ResNet-50."""
