@@ -8,6 +8,7 @@ and its test group, so an undeclared import fails there.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -165,7 +166,50 @@ def _check_wheels(session: nox.Session, work: Path) -> None:
 def docs(session: nox.Session) -> None:
     """The mkdocs-material site with API reference, built with --strict."""
     _sync(session, "--all-packages", "--group", "docs")
-    session.run("mkdocs", "build", "--strict", "--site-dir", os.environ.get("DOCS_SITE_DIR", "site"))
+    site = os.environ.get("DOCS_SITE_DIR", "site")
+    session.run("mkdocs", "build", "--strict", "--site-dir", site)
+    broken = _broken_links(ROOT / site)
+    if broken:
+        session.error("links that do not resolve to a built page or file:\n" + "\n".join(broken))
+
+
+_LINK = re.compile(r"\]\(([^)\s]+)\)")  # the target of [text](target) and ![alt](target)
+_FENCE = re.compile(r"^```.*?^```", flags=re.MULTILINE | re.DOTALL)
+
+
+def _broken_links(site: Path) -> list[str]:
+    """Relative links of README.md, docs/*.md and the package READMEs that point at nothing.
+
+    A link must name an existing file of the repository; a link into docs/ must also have its built
+    counterpart in ``site`` (``docs/cot.md`` -> ``site/cot/index.html``, an image or JSON file copied
+    as is), so the README's links resolve to pages of the built site.
+    """
+    docs = ROOT / "docs"
+    sources = [ROOT / "README.md", *sorted(docs.glob("*.md")), *sorted(ROOT.glob("packages/*/README.md"))]
+    broken = []
+    for src in sources:
+        text = _FENCE.sub("", src.read_text())
+        for target in _LINK.findall(text):
+            path = target.split("#", 1)[0]
+            if not path or re.match(r"^[a-z][a-z0-9+.-]*:", path):  # an anchor on the page, a URL
+                continue
+            where = f"{src.relative_to(ROOT)}: ({target})"
+            file = (src.parent / path).resolve()
+            if not file.is_file():
+                broken.append(
+                    f"{where}: no file {file.relative_to(ROOT) if file.is_relative_to(ROOT) else file}"
+                )
+                continue
+            if not file.is_relative_to(docs):
+                continue
+            rel = file.relative_to(docs)
+            if rel.suffix == ".md":
+                built = site / ("index.html" if rel.stem == "index" else rel.with_suffix("") / "index.html")
+            else:
+                built = site / rel
+            if not built.is_file():
+                broken.append(f"{where}: not built ({built.relative_to(site)} missing from the site)")
+    return broken
 
 
 @nox.session
