@@ -22,8 +22,8 @@ import io
 import re
 import shlex
 import textwrap
-import tomllib
 from dataclasses import dataclass
+from importlib.metadata import metadata
 from pathlib import Path
 
 import pytest
@@ -71,7 +71,7 @@ def extract_blocks(text: str, path: str) -> list[Block]:
         if not m:
             i += 1
             continue
-        indent, lang = m.groups()
+        lang = m.group(2)
         end = i + 1
         while end < len(lines) and lines[end].strip() != "```":
             end += 1
@@ -221,11 +221,11 @@ def check_cli(module: str, args: list[str], where: str) -> None:
 
 
 def _workspace_extras() -> dict[str, set[str]]:
-    extras = {}
-    for pyproject in [ROOT / "shared" / "pyproject.toml", *sorted(ROOT.glob("packages/*/pyproject.toml"))]:
-        project = tomllib.loads(pyproject.read_text())["project"]
-        extras[project["name"]] = set(project.get("optional-dependencies", {}))
-    return extras
+    from ctxnets_shared.packages import discover_packages
+
+    return {
+        d: set(metadata(d).get_all("Provides-Extra") or ()) for d in ["ctxnets-shared", *discover_packages()]
+    }
 
 
 SHELL_BLOCKS = [b for blocks in BLOCKS.values() for b in blocks if b.lang in ("bash", "sh", "console")]
@@ -258,3 +258,18 @@ def test_shell_commands_in_the_docs_exist() -> None:
                 continue
             checked += 1
     assert checked >= 30, f"only {checked} commands found in the docs' shell blocks"
+
+
+def test_shell_check_catches_a_wrong_command() -> None:
+    block = Block(
+        "t.md", 3, "bash", 'ARGS="--no-such-flag 1"\nuv run care-ssl pretrain $ARGS  # comment\n', None
+    )
+    ((where, argv),) = shell_commands(block)
+    assert (where, argv) == ("t.md:4", ["uv", "run", "care-ssl", "pretrain", "--no-such-flag", "1"])
+    with pytest.raises(AssertionError, match=r"t\.md:4: pretrain --no-such-flag 1"):
+        check_cli("care_ssl.cli", argv[3:], where)
+    with pytest.raises(AssertionError, match="does not take"):  # with a placeholder, flags still checked
+        check_cli("care_ssl.cli", ["pretrain", "--bogus", "..."], where)
+    with pytest.raises(AssertionError, match="is not one of"):
+        check_cli("ctxnets_shared.cli", ["zoom", "..."], where)
+    check_cli("ctxnets_shared.cli", ["zoo", "--no-speed", "--out", "x"], where)
