@@ -51,6 +51,25 @@ def test_gc_blocks_inside_another_papers_backbone(name: str) -> None:
         assert b.channel_add_conv[-1].weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("name", list(GC_HOSTS))
+def test_gc_blocks_start_as_the_identity_in_another_papers_backbone(name: str) -> None:
+    """The host's weight init must not overwrite the GC block's zero init (GCNet, Sec. 4.3)."""
+    discover_packages()
+    stages, _, size = GC_HOSTS[name]
+    model = timm.create_model(name, attn_layer="gc", attn_stages=stages).eval()
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    hooks = [
+        b.register_forward_hook(lambda _m, args, out: seen.append((args[0], out))) for b in _gc_blocks(model)
+    ]
+    with torch.no_grad():
+        model(torch.randn(2, 3, size, size))
+    for h in hooks:
+        h.remove()
+    assert len(seen) == len(_gc_blocks(model)) > 0
+    for x, out in seen:
+        torch.testing.assert_close(out, x, rtol=0, atol=0)
+
+
 def test_gc_composition_round_trips_by_name(tmp_path: Path) -> None:
     """The attention name is what config.json records, so the GC-in-HIRI-ViT variant reloads whole."""
     from ctxnets_shared.weights import load_pretrained, save_pretrained

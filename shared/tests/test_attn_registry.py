@@ -14,6 +14,7 @@ from ctxnets_shared.layers import (
     create_attn_layer,
     list_attn_layers,
     register_attn_layer,
+    reset_attn_layers,
     resolve_attn_layer,
 )
 
@@ -65,6 +66,31 @@ def test_registered_name_shadows_and_is_listed() -> None:
             register_attn_layer("tagged_test", Tagged, source="someone-else")
     finally:
         attn_registry._REGISTRY.pop("tagged_test", None)
+
+
+def test_reset_attn_layers_restores_registered_modules_init_only() -> None:
+    class ZeroInit(nn.Module):
+        def __init__(self, channels: int) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(channels, channels, 1)
+            self.reset_parameters()
+
+        def reset_parameters(self) -> None:
+            nn.init.zeros_(self.conv.weight)
+
+    register_attn_layer("zero_init_test", ZeroInit, source="tests")
+    try:
+        host = nn.Sequential(create_attn_layer("zero_init_test", 8), create_attn_layer("se", 8))
+        se_before = host[1].fc1.weight.detach().clone()
+        for m in host.modules():  # a host's init reaching every conv, as cot's and hiri-vit's do
+            if isinstance(m, nn.Conv2d):
+                nn.init.ones_(m.weight)
+        assert reset_attn_layers(host) == 1
+        assert host[0].conv.weight.abs().sum() == 0
+        # timm's module keeps the host's init, as in timm's own models
+        assert torch.equal(host[1].fc1.weight, torch.ones_like(se_before))
+    finally:
+        attn_registry._REGISTRY.pop("zero_init_test", None)
 
 
 def test_unknown_name_lists_valid_names() -> None:

@@ -54,6 +54,39 @@ def test_matches_mmcv_formula(pooling, fusion):
     torch.testing.assert_close(block(x), context_block_ref(x, sd, pooling, fusion), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("fusion", FUSION_SETS)
+@pytest.mark.parametrize("shape", [(2, 32, 5, 7), (3, 32, 1, 1), (1, 32, 9, 4)])
+def test_fused_pooling_equals_step_by_step(fusion, shape):
+    # gcnet.fused's hand-written backward against autograd through the plain ops, in float64
+    blocks = [
+        GlobalContextBlock(32, ratio=1 / 4, fusion=fusion, fused=fused).double() for fused in (False, True)
+    ]
+    sd = _randomize(blocks[0])
+    blocks[1].load_state_dict(sd)
+    grad_out = _x(*shape, seed=2).double()
+    results = []
+    for block in blocks:
+        x = _x(*shape).double().requires_grad_()
+        out = block(x)
+        out.backward(grad_out)
+        results.append([out, x.grad, *(p.grad for p in block.parameters())])
+    assert all(g is not None for g in results[1])
+    for plain, fused in zip(*results, strict=True):
+        torch.testing.assert_close(fused, plain, rtol=1e-10, atol=1e-10)
+
+
+def test_fused_pooling_frozen_mask_and_bf16():
+    block = GlobalContextBlock(32, ratio=1 / 4)
+    block.conv_mask.requires_grad_(False)
+    x = _x(2, 32, 6, 6).requires_grad_()
+    block(x).sum().backward()
+    assert x.grad is not None and block.conv_mask.weight.grad is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block(x)
+    out.float().sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
 @pytest.mark.parametrize("transform", ["relu", "linear", "single"])
 def test_table5d_transforms_match_formula(transform):
     block = GlobalContextBlock(32, ratio=1 / 4, transform=transform).double()

@@ -28,7 +28,7 @@ from timm.layers import (
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from container.aggregation import ContextAggregation
-from ctxnets_shared.layers import AttnLayerSpec, create_attn_layer
+from ctxnets_shared.layers import AttnLayerSpec, create_attn_layer, reset_attn_layers
 from ctxnets_shared.models import check_image_input, feature_take_indices, paper_cfg
 
 __all__ = ["STAGE_MIXERS", "Container", "ContainerBlock", "ContainerStage", "PatchEmbed"]
@@ -253,6 +253,7 @@ class Container(nn.Module):
         self.num_features = self.head_hidden_size = in_chs
         self.global_pool, self.head = create_classifier(in_chs, num_classes, pool_type=global_pool)
         self.apply(self._init_weights)
+        reset_attn_layers(self)  # the attn_layer modules' own init (the GC zero init) after ours
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:

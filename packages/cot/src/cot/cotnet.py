@@ -33,7 +33,7 @@ from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from cot.cot_layer import CotLayer, CoXtLayer
 from cot.se_conv import SeConv2d
-from ctxnets_shared.layers import AttnLayerSpec, create_attn_layer
+from ctxnets_shared.layers import AttnLayerSpec, create_attn_layer, reset_attn_layers
 from ctxnets_shared.models import build_model_with_args, check_image_input, feature_take_indices, paper_cfg
 
 __all__ = ["CoTNet", "CotBottleneck"]
@@ -311,6 +311,7 @@ class CoTNet(nn.Module):
             for m in self.modules():
                 if isinstance(m, CotBottleneck):
                     m.zero_init_last()
+        reset_attn_layers(self)  # the attn_layer modules' own init (the GC zero init) after ours
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:

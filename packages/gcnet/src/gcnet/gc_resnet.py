@@ -30,7 +30,7 @@ from timm.layers import register_notrace_function
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models.resnet import Bottleneck, ResNet
 
-from ctxnets_shared.layers import AttnLayerSpec, create_attn_layer
+from ctxnets_shared.layers import AttnLayerSpec, create_attn_layer, reset_attn_layers
 from ctxnets_shared.models import build_model_with_args, check_image_input, feature_take_indices, paper_cfg
 
 __all__ = ["ATTN_SHORTCUTS", "POSITIONS", "ContextBottleneck", "GCResNet"]
@@ -166,11 +166,7 @@ class GCResNet(ResNet):
     def init_weights(self, zero_init_last: bool = True) -> None:
         """timm's ResNet init, then each context module's own init again (the GC zero init survives)."""
         super().init_weights(zero_init_last=zero_init_last)
-        for m in self.modules():
-            if isinstance(m, ContextBottleneck) and m.context_block is not None:
-                reset = getattr(m.context_block, "reset_parameters", None)
-                if callable(reset):
-                    reset()
+        reset_attn_layers(self)
 
     def context_blocks(self) -> dict[str, nn.Module]:
         """The installed context modules by qualified name (``layer3.4.context_block``)."""

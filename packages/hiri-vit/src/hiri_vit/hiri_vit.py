@@ -20,7 +20,7 @@ import torch.nn as nn
 from timm.layers import get_act_layer, register_notrace_function, trunc_normal_
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
-from ctxnets_shared.layers import AttnLayerSpec
+from ctxnets_shared.layers import AttnLayerSpec, reset_attn_layers
 from ctxnets_shared.models import build_model_with_args, check_image_input, feature_take_indices, paper_cfg
 from hiri_vit.cffn import CFFNBlock
 from hiri_vit.heads import AvgPoolHead, ClassAttentionHead
@@ -200,6 +200,7 @@ class HiriViT(nn.Module):
         else:
             self.head = AvgPoolHead(dims[-1], num_classes, pool, drop_rate)
         self.apply(self._init_weights)
+        reset_attn_layers(self)  # the attn_layer modules' own init (the GC zero init) after ours
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:

@@ -7,6 +7,7 @@ from ctxnets_shared.layers.attn_registry import (
     create_attn_layer,
     list_attn_layers,
     register_attn_layer,
+    reset_attn_layers,
     resolve_attn_layer,
 )
 from ctxnets_shared.layers.conv_norm_act import ConvNormAct
@@ -19,5 +20,6 @@ __all__ = [
     "create_attn_layer",
     "list_attn_layers",
     "register_attn_layer",
+    "reset_attn_layers",
     "resolve_attn_layer",
 ]

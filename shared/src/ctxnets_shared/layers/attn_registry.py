@@ -12,6 +12,7 @@ triggers discovery of installed packages through the ``ctxnets.packages`` entry-
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any, Union
 
@@ -25,6 +26,7 @@ __all__ = [
     "create_attn_layer",
     "list_attn_layers",
     "register_attn_layer",
+    "reset_attn_layers",
     "resolve_attn_layer",
 ]
 
@@ -43,6 +45,8 @@ PROVIDED_BY: dict[str, str] = {"gc": "gcnet", "nl": "gcnet", "snl": "gcnet"}
 _TIMM_PREFIX = "timm."
 
 _REGISTRY: dict[str, tuple[AttnFactory, str]] = {}
+# modules create_attn_layer built from a registered (ctxnets) name: they own their initialisation
+_OWN_INIT: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 class UnknownAttnLayerError(ValueError):
@@ -136,4 +140,27 @@ def create_attn_layer(attn_layer: AttnLayerSpec, channels: int, **kwargs: Any) -
     factory = resolve_attn_layer(attn_layer)
     if factory is None:
         return None
-    return factory(channels, **kwargs)
+    module = factory(channels, **kwargs)
+    if isinstance(attn_layer, str) and attn_layer.lower() in _REGISTRY:
+        _OWN_INIT.add(module)
+    return module
+
+
+def reset_attn_layers(model: nn.Module) -> int:
+    """Re-run ``reset_parameters()`` of every attention module in ``model`` built from a registered name.
+
+    A host backbone's weight init (``self.apply(_init_weights)``, a loop over its convs) also reaches the
+    modules its ``attn_layer`` hook inserted and overwrites their own initialisation, such as the GC
+    block's zero last conv that makes it start as the identity (GCNet, Sec. 4.3). Hosts call this after
+    their init. timm's modules (``"se"``, ``"eca"``, ...) keep the host's init, as in timm's own models.
+
+    Returns:
+        How many modules were reset.
+    """
+    count = 0
+    for m in model.modules():
+        reset = getattr(m, "reset_parameters", None)
+        if m in _OWN_INIT and callable(reset):
+            reset()
+            count += 1
+    return count
