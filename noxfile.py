@@ -8,6 +8,7 @@ and its test group, so an undeclared import fails there.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -165,7 +166,101 @@ def _check_wheels(session: nox.Session, work: Path) -> None:
 def docs(session: nox.Session) -> None:
     """The mkdocs-material site with API reference, built with --strict."""
     _sync(session, "--all-packages", "--group", "docs")
-    session.run("mkdocs", "build", "--strict", "--site-dir", os.environ.get("DOCS_SITE_DIR", "site"))
+    site = os.environ.get("DOCS_SITE_DIR", "site")
+    session.run("mkdocs", "build", "--strict", "--site-dir", site)
+    broken = _broken_links(ROOT / site)
+    if broken:
+        session.error("links that do not resolve to a built page or file:\n" + "\n".join(broken))
+
+
+_LINK = re.compile(r"\]\(([^)\s]+)\)")  # the target of [text](target) and ![alt](target)
+_FENCE = re.compile(r"^```.*?^```", flags=re.MULTILINE | re.DOTALL)
+
+
+def _broken_links(site: Path) -> list[str]:
+    """Relative links of README.md, docs/*.md and the package READMEs that point at nothing.
+
+    A link must name an existing file of the repository; a link into docs/ must also have its built
+    counterpart in ``site`` (``docs/cot.md`` -> ``site/cot/index.html``, an image or JSON file copied
+    as is), so the README's links resolve to pages of the built site.
+    """
+    docs = ROOT / "docs"
+    sources = [ROOT / "README.md", *sorted(docs.glob("*.md")), *sorted(ROOT.glob("packages/*/README.md"))]
+    broken = []
+    for src in sources:
+        text = _FENCE.sub("", src.read_text())
+        for target in _LINK.findall(text):
+            path = target.split("#", 1)[0]
+            if not path or re.match(r"^[a-z][a-z0-9+.-]*:", path):  # an anchor on the page, a URL
+                continue
+            where = f"{src.relative_to(ROOT)}: ({target})"
+            file = (src.parent / path).resolve()
+            if not file.is_file():
+                broken.append(
+                    f"{where}: no file {file.relative_to(ROOT) if file.is_relative_to(ROOT) else file}"
+                )
+                continue
+            if not file.is_relative_to(docs):
+                continue
+            rel = file.relative_to(docs)
+            if rel.suffix == ".md":
+                built = site / ("index.html" if rel.stem == "index" else rel.with_suffix("") / "index.html")
+            else:
+                built = site / rel
+            if not built.is_file():
+                broken.append(f"{where}: not built ({built.relative_to(site)} missing from the site)")
+    return broken
+
+
+@nox.session
+def zoo(session: nox.Session) -> None:
+    """``ctxnets zoo --no-speed`` regenerated and compared with the committed docs/zoo: no drift.
+
+    Without the throughput column the table and the JSON depend only on the code and the locked torch/timm,
+    so they must match byte for byte (the JSON is compared as data); zoo.png is redrawn but not compared
+    (its bytes depend on matplotlib's renderer). ``ctxnets zoo`` itself fails when a model misses its
+    paper's numbers. To update the docs: ``uv run ctxnets zoo --no-speed --out docs/zoo``.
+    """
+    _sync(session, "--all-packages", "--extra", "cli")
+    fresh = Path(tempfile.mkdtemp(prefix="ctxnets-zoo-"))
+    try:
+        session.run("ctxnets", "zoo", "--no-speed", "--out", str(fresh))
+        problems = _zoo_drift(ROOT / "docs" / "zoo", fresh)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+    if problems:
+        session.error(
+            "docs/zoo is out of date; run `uv run ctxnets zoo --no-speed --out docs/zoo` and commit it:\n"
+            + "\n".join(problems)
+        )
+
+
+def _zoo_drift(committed: Path, fresh: Path) -> list[str]:
+    import difflib
+    import json
+
+    problems = [
+        f"docs/zoo/{n} is missing" for n in ("zoo.md", "zoo.json", "zoo.png") if not (committed / n).is_file()
+    ]
+    if problems:
+        return problems
+    old_md, new_md = (committed / "zoo.md").read_text(), (fresh / "zoo.md").read_text()
+    if old_md != new_md:
+        diff = difflib.unified_diff(
+            old_md.splitlines(), new_md.splitlines(), "docs/zoo/zoo.md", "fresh zoo.md", lineterm=""
+        )
+        problems.append("\n".join(diff))
+    old_js, new_js = (json.loads((d / "zoo.json").read_text()) for d in (committed, fresh))
+    if old_js != new_js:
+        old_rows = {r["model"]: r for r in old_js["rows"]}
+        for row in new_js["rows"]:
+            if old_rows.get(row["model"]) != row:
+                problems.append(f"zoo.json {row['model']}: committed {old_rows.get(row['model'])}, now {row}")
+        if old_js["meta"] != new_js["meta"] or len(old_rows) != len(new_js["rows"]):
+            problems.append(
+                f"zoo.json: committed {old_js['meta']}, {len(old_rows)} rows; now {new_js['meta']}"
+            )
+    return problems
 
 
 @nox.session(default=False)

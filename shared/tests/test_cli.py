@@ -189,3 +189,19 @@ def test_bench_native_size_uses_each_models_input_size(tmp_path: Path) -> None:
         "resnet18": 224,
     }
     assert "(224px)" in (tmp_path / "bench.md").read_text()
+
+
+def test_zoo_without_speed_is_deterministic(zoo_package: CtxnetsPackage, tmp_path: Path) -> None:
+    # what docs/zoo commits and `nox -s zoo` compares: no timing, no machine, the same bytes every run
+    outs = []
+    for run in ("a", "b"):
+        assert main(["zoo", "--models", "zootest_resnet18", "--no-speed", "--out", str(tmp_path / run)]) == 0
+        outs.append({n: (tmp_path / run / n).read_text() for n in ("zoo.md", "zoo.json")})
+    assert outs[0] == outs[1]
+    md, data = outs[0]["zoo.md"], json.loads(outs[0]["zoo.json"])
+    assert "img/s" not in md and "Measured on" not in md
+    row = next(line for line in md.splitlines() if line.startswith("| zootest_resnet18 "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:5] == ["zootest_resnet18", "zootest", "224", "11,689,512", "11,689,512"]
+    assert abs(float(cells[5]) - 1.8) < 0.05 and cells[6:] == ["1.8", "69.8", "pass"]  # no speed column
+    assert data["rows"][0]["img_per_s"] is None and "machine" not in data["meta"]

@@ -156,7 +156,11 @@ def cmd_zoo(args: argparse.Namespace) -> int:
         if m not in models:
             raise UserError(f"{m!r} is not an installed ctxnets model; installed: {', '.join(models)}")
     rows = run_zoo(
-        pkgs, batch_size=args.batch_size, only=args.models, progress=lambda w: _tqdm(w, desc="zoo")
+        pkgs,
+        batch_size=args.batch_size,
+        only=args.models,
+        progress=lambda w: _tqdm(w, desc="zoo"),
+        speed=not args.no_speed,
     )
     print(render_markdown(rows), end="")
     failed = [r.model for r in rows if not r.passed]
@@ -165,7 +169,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
         + (f": {', '.join(failed)}" if failed else "")
     )
     if args.out:
-        for p in write_outputs(rows, args.out, _machine()):
+        for p in write_outputs(rows, args.out, None if args.no_speed else _machine()):
             print(f"wrote {p}")
     return 1 if failed else 0
 
@@ -303,6 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="folder for zoo.md, zoo.json and zoo.png")
     s.add_argument("--batch-size", type=_positive, default=1, help="batch for the CPU throughput column")
     s.add_argument("--models", nargs="+", help="only these models")
+    s.add_argument(
+        "--no-speed",
+        action="store_true",
+        help="leave out the CPU throughput column: the output then depends only on the code (what the "
+        "docs commit)",
+    )
     s.set_defaults(func=cmd_zoo)
 
     s = sub.add_parser("bench", help="throughput and peak memory side by side with a peer, in one process")

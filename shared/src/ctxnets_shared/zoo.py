@@ -3,6 +3,8 @@
 For each model registered by an installed ctxnets package: parameters (checked against the paper's count
 within the cfg's ``params_rtol``, exact by default), GMACs at the paper's resolution (within
 ``gflops_rtol``), and CPU throughput at a small batch. Writes markdown, JSON and a GFLOPs-vs-top-1 chart.
+Without the throughput column (``speed=False``) the report depends only on the code and the installed
+torch/timm versions, byte for byte: that is what the docs commit and ``nox -s zoo`` compares against.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class ZooRow:
     paper_gflops: float | None
     gflops_ok: bool
     paper_top1: float | None
-    img_per_s: float
+    img_per_s: float | None  # None: throughput not measured
     batch_size: int
 
     @property
@@ -54,8 +56,10 @@ def _within(measured: float, target: float | None, rtol: float) -> bool:
     return math.isclose(measured, target, rel_tol=rtol, abs_tol=0.0) if rtol else measured == target
 
 
-def measure_model(name: str, package: str, batch_size: int = 1, repeats: int = 3) -> ZooRow:
-    """Build ``name`` through timm and measure it (CPU, float32)."""
+def measure_model(
+    name: str, package: str, batch_size: int = 1, repeats: int = 3, speed: bool = True
+) -> ZooRow:
+    """Build ``name`` through timm and measure it (CPU, float32); ``speed=False`` skips the timing."""
     model = timm.create_model(name, pretrained=False)
     cfg: dict[str, Any] = dict(getattr(model, "pretrained_cfg", None) or {})
     paper = paper_numbers(cfg)
@@ -63,7 +67,10 @@ def measure_model(name: str, package: str, batch_size: int = 1, repeats: int = 3
     in_chans = cfg.get("input_size", (3,))[0]
     params = count_params(model)
     gflops = count_gflops(model, (in_chans, size, size))
-    (bench,) = benchmark({name: model}, batch_size=batch_size, img_size=size, warmup=1, repeats=repeats)
+    img_per_s = None
+    if speed:
+        (bench,) = benchmark({name: model}, batch_size=batch_size, img_size=size, warmup=1, repeats=repeats)
+        img_per_s = round(bench.img_per_s, 2)
     return ZooRow(
         model=name,
         package=package,
@@ -75,7 +82,7 @@ def measure_model(name: str, package: str, batch_size: int = 1, repeats: int = 3
         paper_gflops=paper["paper_gflops"],
         gflops_ok=_within(gflops, paper["paper_gflops"], paper["gflops_rtol"] or 0.05),
         paper_top1=paper["paper_top1"],
-        img_per_s=round(bench.img_per_s, 2),
+        img_per_s=img_per_s,
         batch_size=batch_size,
     )
 
@@ -85,11 +92,15 @@ def run_zoo(
     batch_size: int = 1,
     only: Sequence[str] | None = None,
     progress: Callable[[Any], Any] | None = None,
+    speed: bool = True,
 ) -> list[ZooRow]:
-    """Measure every model of every package (or just ``only``), in package then registration order."""
+    """Measure every model of every package (or just ``only``), in package then registration order.
+
+    ``speed=False`` leaves out the CPU throughput (``img_per_s`` None): the rows are then deterministic.
+    """
     work = [(m, p.distribution) for p in packages.values() for m in p.models if not only or m in only]
     it = progress(work) if progress else work
-    return [measure_model(m, pkg, batch_size=batch_size) for m, pkg in it]
+    return [measure_model(m, pkg, batch_size=batch_size, speed=speed) for m, pkg in it]
 
 
 def _fmt_opt(v: float | int | None, fmt: str) -> str:
@@ -97,31 +108,41 @@ def _fmt_opt(v: float | int | None, fmt: str) -> str:
 
 
 def render_markdown(rows: Sequence[ZooRow]) -> str:
-    """The zoo as a markdown table (also what the console shows)."""
-    head = (
-        "| model | package | res | params | paper params | GFLOPs | paper GFLOPs | paper top-1 "
-        "| CPU img/s (bs) | check |\n"
-        "|---|---|---|---|---|---|---|---|---|---|\n"
-    )
-    body = "".join(
-        f"| {r.model} | {r.package} | {r.img_size} | {r.params:,} | {_fmt_opt(r.paper_params, ',')} "
-        f"| {r.gflops:.2f} | {_fmt_opt(r.paper_gflops, '.1f')} | {_fmt_opt(r.paper_top1, '.1f')} "
-        f"| {r.img_per_s:.1f} ({r.batch_size}) | {'pass' if r.passed else 'FAIL'} |\n"
-        for r in rows
-    )
-    return head + body
+    """The zoo as a markdown table (also what the console shows); no speed column when none was measured."""
+    speed = any(r.img_per_s is not None for r in rows)
+    cols = ["model", "package", "res", "params", "paper params", "GFLOPs", "paper GFLOPs", "paper top-1"]
+    cols += ["CPU img/s (bs)", "check"] if speed else ["check"]
+    head = "| " + " | ".join(cols) + " |\n" + "|---" * len(cols) + "|\n"
+    lines = []
+    for r in rows:
+        cells = [
+            r.model, r.package, str(r.img_size), f"{r.params:,}", _fmt_opt(r.paper_params, ","),
+            f"{r.gflops:.2f}", _fmt_opt(r.paper_gflops, ".1f"), _fmt_opt(r.paper_top1, ".1f"),
+        ]  # fmt: skip
+        if speed:
+            cells.append(f"{_fmt_opt(r.img_per_s, '.1f')} ({r.batch_size})")
+        cells.append("pass" if r.passed else "FAIL")
+        lines.append("| " + " | ".join(cells) + " |\n")
+    return head + "".join(lines)
 
 
-def write_outputs(rows: Sequence[ZooRow], out_dir: str | os.PathLike[str], machine: str) -> list[Path]:
-    """Write ``zoo.md``, ``zoo.json`` and ``zoo.png`` (GFLOPs vs paper top-1) into ``out_dir``."""
+def write_outputs(rows: Sequence[ZooRow], out_dir: str | os.PathLike[str], machine: str | None) -> list[Path]:
+    """Write ``zoo.md``, ``zoo.json`` and ``zoo.png`` (GFLOPs vs paper top-1) into ``out_dir``.
+
+    ``machine`` describes where the throughput was measured; None (and no ``img_per_s`` in ``rows``)
+    leaves the machine out, so the table and the JSON depend only on the code and the torch/timm versions.
+    """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} exists and is not a folder")
-    meta = {"machine": machine, "torch": torch.__version__, "timm": timm.__version__}
+    meta = {"torch": torch.__version__, "timm": timm.__version__}
+    if machine is not None:
+        meta = {"machine": machine, **meta}
     written = []
     with atomic_write(out / "zoo.md", "w") as f:
         versions = f"torch {torch.__version__}, timm {timm.__version__}"
-        f.write(f"# ctxnets zoo\n\nMeasured on {machine} ({versions}).\n\n")
+        where = f"Measured on {machine}" if machine is not None else "Counted"
+        f.write(f"# ctxnets zoo\n\n{where} ({versions}).\n\n")
         f.write(render_markdown(rows))
     written.append(out / "zoo.md")
     with atomic_write(out / "zoo.json", "w") as f:

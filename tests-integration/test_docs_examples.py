@@ -1,0 +1,275 @@
+"""No example in the docs that is not run somewhere.
+
+Every ```python block of docs/*.md, the root README and the five package READMEs runs here, the blocks of
+one file in order in one fresh namespace (a page's later examples build on its earlier ones), in a
+temporary working folder. A block that cannot run on a CPU in CI (an ImageNet path, hours of training) is
+marked in the markdown by an HTML comment on the line before it, ``<!-- not-run: the reason -->``: it is
+still compiled (a syntax error fails), not executed, and counted. An unmarked block that raises fails its
+file's test with the file and line.
+
+```bash blocks are not run, but every ``ctxnets``, ``care-ssl``, ``gcnet`` and ``hiri-vit`` command in them
+(also behind ``uv run`` or ``torchrun -m``) is parsed by that command's own argparse parser, so a renamed
+subcommand or flag fails here; ``python SCRIPT`` must name a file of the repository and ``pip install``
+a package of the workspace with extras it declares.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import io
+import re
+import shlex
+import textwrap
+from dataclasses import dataclass
+from importlib.metadata import metadata
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC_FILES = [
+    ROOT / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+    *sorted((ROOT / "packages").glob("*/README.md")),
+]
+NOT_RUN = re.compile(r"^\s*<!--\s*not-run:(.*?)-->\s*$")
+OPEN = re.compile(r"^(\s*)```([\w-]*)\s*$")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One fenced code block: where it starts (1-based line of its first code line), language, code."""
+
+    path: str
+    line: int
+    lang: str
+    code: str
+    not_run: str | None  # the reason given in a preceding ``<!-- not-run: ... -->``, or None
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+def extract_blocks(text: str, path: str) -> list[Block]:
+    """The fenced blocks of a markdown text; a not-run marker that precedes no block is a ValueError."""
+    lines = text.splitlines()
+    blocks: list[Block] = []
+    markers: dict[int, str] = {}
+    i = 0
+    while i < len(lines):
+        m = NOT_RUN.match(lines[i])
+        if m:
+            reason = m.group(1).strip()
+            if not reason:
+                raise ValueError(f"{path}:{i + 1}: a not-run marker must give its reason")
+            markers[i] = reason
+        m = OPEN.match(lines[i])
+        if not m:
+            i += 1
+            continue
+        lang = m.group(2)
+        end = i + 1
+        while end < len(lines) and lines[end].strip() != "```":
+            end += 1
+        if end == len(lines):
+            raise ValueError(f"{path}:{i + 1}: code block never closed")
+        prev = i - 1
+        while prev >= 0 and not lines[prev].strip():
+            prev -= 1
+        reason = markers.pop(prev, None)
+        code = textwrap.dedent("\n".join(lines[i + 1 : end]))
+        blocks.append(Block(path, i + 2, lang, code, reason))
+        i = end + 1
+    if markers:
+        where = ", ".join(f"{path}:{n + 1}" for n in markers)
+        raise ValueError(f"not-run marker(s) not directly before a code block: {where}")
+    return blocks
+
+
+def _rel(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+BLOCKS = {_rel(p): extract_blocks(p.read_text(), _rel(p)) for p in DOC_FILES}
+PY_FILES = [f for f, blocks in BLOCKS.items() if any(b.lang == "python" for b in blocks)]
+
+
+class ExampleError(AssertionError):
+    """An unmarked docs example raised."""
+
+
+def run_python_blocks(blocks: list[Block]) -> tuple[int, int]:
+    """Run the python blocks in order in one fresh namespace; returns (run, not run)."""
+    namespace: dict[str, object] = {"__name__": "__docs_example__"}
+    ran = skipped = 0
+    torch.manual_seed(0)
+    for b in blocks:
+        if b.lang != "python":
+            continue
+        code = compile(b.code, b.where, "exec")  # marked blocks must at least be valid Python
+        if b.not_run is not None:
+            skipped += 1
+            continue
+        try:
+            exec(code, namespace)
+        except Exception as e:
+            raise ExampleError(f"example at {b.where} raised {type(e).__name__}: {e}") from e
+        ran += 1
+    return ran, skipped
+
+
+def test_every_doc_file_is_read() -> None:
+    # the README and every package README are among the files, and the docs have examples to run
+    assert {"README.md", "docs/index.md"} <= set(BLOCKS)
+    assert len([f for f in BLOCKS if f.startswith("packages/")]) == 5
+    assert len(PY_FILES) >= 8
+
+
+@pytest.mark.parametrize("doc", PY_FILES)
+def test_python_examples_run(doc: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # examples that save write here
+    ran, skipped = run_python_blocks(BLOCKS[doc])
+    print(f"{doc}: {ran} python block(s) run, {skipped} marked not-run")
+    assert ran + skipped == sum(b.lang == "python" for b in BLOCKS[doc])
+
+
+def test_not_run_blocks_are_counted_and_justified(capsys: pytest.CaptureFixture[str]) -> None:
+    marked = [b for blocks in BLOCKS.values() for b in blocks if b.lang == "python" and b.not_run]
+    total = sum(b.lang == "python" for blocks in BLOCKS.values() for b in blocks)
+    with capsys.disabled():
+        print(f"\ndocs python examples: {total - len(marked)} run, {len(marked)} marked not-run")
+        for b in marked:
+            print(f"  not run: {b.where}: {b.not_run}")
+    assert all(len(b.not_run or "") >= 10 for b in marked), "say why a block is not run"
+    assert len(marked) <= total // 4, "most examples must run"
+
+
+def test_runner_fails_on_an_unmarked_broken_block_and_skips_a_marked_one() -> None:
+    good = "```python\nx = 1\n```\n"
+    broken = "```python\nraise RuntimeError('needs /imagenet')\n```\n"
+    marked = "<!-- not-run: needs ImageNet -->\n" + broken
+    assert run_python_blocks(extract_blocks(good + marked, "t.md")) == (1, 1)
+    with pytest.raises(ExampleError, match=r"t\.md:5 raised RuntimeError: needs /imagenet"):
+        run_python_blocks(extract_blocks(good + broken, "t.md"))
+    with pytest.raises(SyntaxError):  # a marked block is still compiled
+        run_python_blocks(extract_blocks("<!-- not-run: needs ImageNet -->\n```python\nx = (\n```\n", "t.md"))
+    with pytest.raises(ValueError, match="not directly before a code block"):
+        extract_blocks("<!-- not-run: dangling -->\n\ntext\n\n" + good, "t.md")
+    with pytest.raises(ValueError, match="must give its reason"):
+        extract_blocks("<!-- not-run: -->\n" + good, "t.md")
+
+
+# ---- shell blocks: the commands exist and take the flags shown ----------------------------------------
+
+CLI_MODULES = {
+    "ctxnets": "ctxnets_shared.cli",
+    "care-ssl": "care_ssl.cli",
+    "gcnet": "gcnet.cli",
+    "hiri-vit": "hiri_vit.train",
+}
+TORCHRUN_MODULES = {"care_ssl": "care_ssl.cli", "hiri_vit.train": "hiri_vit.train"}
+
+
+def shell_commands(block: Block) -> list[tuple[str, list[str]]]:
+    """(where, argv) per command of a shell block: continuations joined, comments dropped, $VARs of earlier
+    ``VAR="..."`` lines expanded."""
+    joined = block.code.replace("\\\n", " ")
+    env: dict[str, str] = {}
+    out = []
+    for n, line in enumerate(joined.splitlines()):
+        assign = re.match(r'^(\w+)="(.*)"\s*$', line.strip())
+        if assign:
+            env[assign.group(1)] = assign.group(2)
+            continue
+        line = re.sub(r"\$(\w+)", lambda m: env.get(m.group(1), m.group(0)), line)
+        argv = shlex.split(line, comments=True)
+        if argv:
+            out.append((f"{block.path}:{block.line + n}", argv))
+    return out
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def check_cli(module: str, args: list[str], where: str) -> None:
+    """``args`` parse with the command's parser; with a ``...`` placeholder: subcommand and flags exist."""
+    parser = importlib.import_module(module).build_parser()
+    if "..." in args:
+        args = [a for a in args if a != "..."]
+        subs = _subparsers(parser)
+        if subs:
+            assert args and args[0] in subs, f"{where}: {args[:1]} is not one of {sorted(subs)}"
+            parser = subs[args[0]]
+        known = {s for a in parser._actions for s in a.option_strings}
+        unknown = [a.split("=")[0] for a in args if a.startswith("--") and a.split("=")[0] not in known]
+        assert not unknown, f"{where}: {module} does not take {unknown}"
+        return
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            parser.parse_args(args)
+    except SystemExit as e:
+        assert e.code == 0, f"{where}: {shlex.join(args)}: {err.getvalue().strip().splitlines()[-1:]}"
+
+
+def _workspace_extras() -> dict[str, set[str]]:
+    from ctxnets_shared.packages import discover_packages
+
+    return {
+        d: set(metadata(d).get_all("Provides-Extra") or ()) for d in ["ctxnets-shared", *discover_packages()]
+    }
+
+
+SHELL_BLOCKS = [b for blocks in BLOCKS.values() for b in blocks if b.lang in ("bash", "sh", "console")]
+
+
+def test_shell_commands_in_the_docs_exist() -> None:
+    extras = _workspace_extras()
+    checked = 0
+    for block in SHELL_BLOCKS:
+        for where, argv in shell_commands(block):
+            if argv[:2] == ["uv", "run"]:
+                argv = argv[2:]
+            if argv[0] in CLI_MODULES:
+                check_cli(CLI_MODULES[argv[0]], argv[1:], where)
+            elif argv[0] == "torchrun":
+                module = argv[argv.index("-m") + 1]
+                assert module in TORCHRUN_MODULES, f"{where}: torchrun -m {module} is not a ctxnets command"
+                check_cli(TORCHRUN_MODULES[module], argv[argv.index("-m") + 2 :], where)
+            elif argv[0] == "python":
+                assert (ROOT / argv[1]).is_file(), f"{where}: no script {argv[1]}"
+            elif argv[:2] == ["pip", "install"]:
+                for req in argv[2:]:
+                    name, _, extra = req.partition("[")
+                    if name == "uv":
+                        continue
+                    assert name in extras, f"{where}: {name} is not a workspace package"
+                    for e in filter(None, extra.rstrip("]").split(",")):
+                        assert e in extras[name], f"{where}: {name} has no extra {e!r}"
+            else:
+                continue
+            checked += 1
+    assert checked >= 30, f"only {checked} commands found in the docs' shell blocks"
+
+
+def test_shell_check_catches_a_wrong_command() -> None:
+    block = Block(
+        "t.md", 3, "bash", 'ARGS="--no-such-flag 1"\nuv run care-ssl pretrain $ARGS  # comment\n', None
+    )
+    ((where, argv),) = shell_commands(block)
+    assert (where, argv) == ("t.md:4", ["uv", "run", "care-ssl", "pretrain", "--no-such-flag", "1"])
+    with pytest.raises(AssertionError, match=r"t\.md:4: pretrain --no-such-flag 1"):
+        check_cli("care_ssl.cli", argv[3:], where)
+    with pytest.raises(AssertionError, match="does not take"):  # with a placeholder, flags still checked
+        check_cli("care_ssl.cli", ["pretrain", "--bogus", "..."], where)
+    with pytest.raises(AssertionError, match="is not one of"):
+        check_cli("ctxnets_shared.cli", ["zoom", "..."], where)
+    check_cli("ctxnets_shared.cli", ["zoo", "--no-speed", "--out", "x"], where)
