@@ -1,7 +1,8 @@
 """Detection as researchers use these backbones: torchvision's Faster R-CNN with an FPN over features_only.
 
-The GCNet paper's headline results are Mask R-CNN fine-tuning with frozen BatchNorm; a CoTNet or HIRI-ViT
-user plugs the backbone into a detector the same way. One training step on a few synthetic images with
+The GCNet paper's COCO ablations fine-tune Mask R-CNN with frozen BatchNorm (its best results replace it
+with synchronised BN, Table 6(a)); a CoTNet or HIRI-ViT user plugs the backbone into a detector the same
+way. One training step on a few synthetic images with
 boxes: finite losses, and gradients reaching the backbone's context blocks.
 """
 
