@@ -44,3 +44,23 @@ def test_randomize_makes_zero_init_branches_visible():
 def test_suite_rejects_unknown_skips():
     with pytest.raises(ValueError, match="unknown contract checks"):
         contract_suite([ModelSpec("ctxnets_toy")], skip=["nope"])
+
+
+def test_batchnorm_statistics_come_from_a_batch_holding_the_checks_input():
+    # eval-mode checks must run on images the statistics were measured on (calibration_input's docstring)
+    import timm
+    import torch
+
+    from ctxnets_shared.testing import calibration_input, make_input
+    from ctxnets_shared.testing.checks import calibrate_batchnorm
+
+    spec = ModelSpec("ctxnets_toy", batch_size=3)
+    cal = calibration_input(spec)
+    assert cal.shape[0] == 8 and torch.equal(cal[:3], make_input(spec))
+    big = ModelSpec("ctxnets_toy", batch_size=10)
+    assert torch.equal(calibration_input(big), make_input(big))
+    model = build(spec)
+    torch.manual_seed(0)
+    ref = calibrate_batchnorm(randomize_zero_init(timm.create_model("ctxnets_toy")), cal)
+    assert torch.equal(model.stem_bn.running_mean, ref.stem_bn.running_mean)
+    assert torch.equal(model.stem_bn.running_var, ref.stem_bn.running_var)

@@ -205,6 +205,41 @@ def test_fx_trace_and_feature_extraction_float64():
         traced(torch.zeros(1, 1, 64, 64, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_fused_and_step_by_step_paths_agree_float64(mode):
+    # The whole network, not one layer: eager's fused CoT path against the step-by-step one that
+    # TorchScript and torch.fx take, outputs and every gradient, in float64. The kit used to compare them
+    # with 2e-2 / 5e-2 tolerances: at batch 2 the fusion's BatchNorm over pooled (B, C, 1, 1) values meets
+    # channels whose two values nearly coincide (gain up to 1 / sqrt(eps)), and rounding compounded to
+    # 1e-8 on the logits and 2% on the stem gradient. At batch 4 they agree to 1e-8 of each tensor's scale
+    # (0.7 apart on the logits at batch 2 and this size, where the last stage's maps are 1x1).
+    from ctxnets_shared.testing import ModelSpec, build, make_input
+
+    spec = ModelSpec("cotnext50_2x48d", img_size=32, batch_size=4)
+    fused = build(spec).double().train(mode == "train")
+    step = copy.deepcopy(fused)
+    layers = [m for m in step.modules() if isinstance(m, cot.CotLayer)]
+    assert len(layers) == 16
+    for layer in layers:
+        layer.fused = False
+    x = make_input(spec).double()
+    outs = []
+    for model in (fused, step):
+        out = model(x)
+        out.logsumexp(1).sum().backward()
+        outs.append(out.detach())
+
+    def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+        # relative to the tensor's largest element; the floor is for the fusion's first bias, whose
+        # gradient is zero up to rounding (a training-mode BatchNorm follows it)
+        return bool((a - b).abs().max() <= 1e-8 * b.abs().max() + 1e-9)
+
+    assert close(outs[0], outs[1])
+    grads = dict(step.named_parameters())
+    differ = [n for n, p in fused.named_parameters() if not close(p.grad, grads[n].grad)]
+    assert not differ, differ[:8]
+
+
 def test_frozen_bn_finetuning_runs_and_keeps_statistics():
     # the reproduction: freeze_batch_norm_2d, train(), backward (default recompute stages 1-3)
     from timm.utils.model import freeze_batch_norm_2d

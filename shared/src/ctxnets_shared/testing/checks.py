@@ -35,6 +35,7 @@ __all__ = [
     "STRUCTURAL_CHECKS",
     "build",
     "calibrate_batchnorm",
+    "calibration_input",
     "check_autocast_bf16",
     "check_bad_input",
     "check_compile",
@@ -124,17 +125,15 @@ def build(spec: ModelSpec, seed: int = 0, **kwargs: Any) -> Any:
     """``timm.create_model(spec.name, **spec.create_kwargs, **kwargs)``, seeded, randomised, in eval mode.
 
     All-zero parameters get random values (:func:`randomize_zero_init`), then BatchNorm statistics are
-    measured on a random batch (:func:`calibrate_batchnorm`).
+    measured on a batch that holds the checks' input (:func:`make_input`) and random images besides
+    (:func:`calibrate_batchnorm`, :func:`calibration_input`).
     """
     discover_packages()  # importing the installed ctxnets packages registers their models with timm
     torch.manual_seed(seed)
     model = timm.create_model(spec.name, **{**dict(spec.create_kwargs), **kwargs})
     randomize_zero_init(model, seed)
     in_chans = int(kwargs.get("in_chans", spec.create_kwargs.get("in_chans", 3)))
-    h, w = spec.hw
-    calibrate_batchnorm(
-        model, torch.randn(8, in_chans, h, w, generator=torch.Generator().manual_seed(seed + 7))
-    )
+    calibrate_batchnorm(model, calibration_input(spec, in_chans, seed))
     return model.eval()
 
 
@@ -142,6 +141,25 @@ def make_input(spec: ModelSpec, channels: int = 3, size: tuple[int, int] | None 
     """A seeded (batch, channels, H, W) batch at the spec's small size."""
     h, w = size or spec.hw
     return torch.randn(spec.batch_size, channels, h, w, generator=torch.Generator().manual_seed(1))
+
+
+def calibration_input(spec: ModelSpec, channels: int = 3, seed: int = 0) -> torch.Tensor:
+    """The batch :func:`build` measures BatchNorm statistics on: :func:`make_input`, then random images
+    up to 8 in all.
+
+    The checks' own images must be part of it. A deep network with random weights, in eval mode, is
+    calibrated only for the images its statistics came from: on other images of the same distribution
+    small mismatches compound block by block (no batch statistics renormalise them), and SE-CoTNetD-152's
+    logits reached 3e4 on such an image. At that scale its split-attention softmax turns the last-digit
+    differences of two correct kernels into 1e-2 differences of the logits, even in float64. With the
+    checks' images in the batch, eval-mode activations stay at unit scale on them.
+    """
+    x = make_input(spec, channels)
+    h, w = spec.hw
+    extra = torch.randn(
+        max(8 - x.shape[0], 0), channels, h, w, generator=torch.Generator().manual_seed(seed + 7)
+    )
+    return torch.cat([x, extra])
 
 
 def _in_chans(model: Any) -> int:

@@ -16,7 +16,11 @@ class ModelSpec:
     Attributes:
         name: the timm model name.
         img_size: side (or (H, W)) of the small input every check runs at; full-size models, small maps.
-        batch_size: images per check batch (2: training-mode BatchNorm needs more than one value).
+        batch_size: images per check batch (2: training-mode BatchNorm needs more than one value). Use 4
+            for a model with a BatchNorm over pooled (B, C, 1, 1) values (split attention, an SE gate with
+            a BatchNorm) or over 1x1 maps: with two values per channel some channels get nearly equal
+            ones, where BatchNorm's gain approaches 1 / sqrt(eps) and paths that differ only in rounding
+            drift apart (cot's test_contract.py).
         reductions: expected ``features_only`` reductions with the default ``out_indices``.
         output_strides: ``output_stride`` values the model must take (CNNs: 8 and 16); () for none.
         round_trip_kwargs: non-default constructor kwargs that must survive ``save_pretrained``.
