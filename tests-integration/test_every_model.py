@@ -57,15 +57,10 @@ def test_discovery_found_every_model() -> None:
     assert len(MODELS) == len(set(MODELS)), "a model name is registered by two packages"
 
 
-# the compile comparison's tolerance where the package's contract suite documents a looser one: 152
-# layers amplify the fused CoT path's last-digit differences from the step-by-step path that graph capture
-# runs (packages/cot/tests/test_contract.py)
-TOLERANCE = {"se_cotnetd_152": 2e-2}
-
-
 def _spec(name: str) -> ModelSpec:
-    tol = TOLERANCE.get(name, 1e-4)
-    return ModelSpec(name, img_size=IMG_SIZE, batch_size=2, atol=tol, rtol=tol)
+    # the kit's default tolerances: its build() measures BatchNorm statistics on a batch holding the
+    # checks' input, so even 152 layers in eval mode stay at unit scale (ctxnets_shared.testing)
+    return ModelSpec(name, img_size=IMG_SIZE, batch_size=2)
 
 
 Built = tuple[Any, ModelSpec, torch.Tensor]
