@@ -24,9 +24,13 @@ _KWARGS = {"in_chans": 1, "global_pool": "max", "attn_layer": "eca", "cot_kwargs
 
 # torch.compile's graph capture time grows with depth, not input size (12-15 s for each 101-layer model
 # on 2 cores, a third of its kit): the 101s' blocks are captured in their 50-layer siblings' compile check,
-# and se_cotnetd_152 (blur pooling, found in no other model) runs it
+# and se_cotnetd_152 (blur pooling, found in no other model) runs it. The 101s' own compiled forward is
+# compared with eager in tests-integration/test_every_model.py, which compiles every registered model.
 _NO_COMPILE = tuple(c for c in CHECKS if c != "compile")
-_NO_COMPILE_REASON = "graph capture of the 50-layer sibling's blocks, checked there (CI time)"
+_NO_COMPILE_REASON = (
+    "graph capture of the 50-layer sibling's blocks, checked there; compiled forward in "
+    "tests-integration/test_every_model.py (CI time)"
+)
 
 
 def _spec(name: str, **kwargs: object) -> ModelSpec:
