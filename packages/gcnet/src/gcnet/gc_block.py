@@ -139,7 +139,7 @@ class GlobalContextBlock(nn.Module):
         if self.conv_mask is None:
             return F.adaptive_avg_pool2d(x, 1)
         if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
-            if self.fused and x.requires_grad and torch.is_grad_enabled() and _eager(x):
+            if self.fused and _eager(x) and x.requires_grad and torch.is_grad_enabled():
                 return attention_pool(x, self.conv_mask.weight, self.conv_mask.bias)
         weights = self.attention_map(x)  # (B, 1, N)
         return torch.matmul(x.flatten(2), weights.transpose(1, 2)).unsqueeze(-1)
