@@ -80,13 +80,16 @@ def test_reset_attn_layers_restores_registered_modules_init_only() -> None:
 
     register_attn_layer("zero_init_test", ZeroInit, source="tests")
     try:
-        host = nn.Sequential(create_attn_layer("zero_init_test", 8), create_attn_layer("se", 8))
+        host = nn.Sequential(
+            create_attn_layer("zero_init_test", 8), create_attn_layer("se", 8), create_attn_layer(ZeroInit, 8)
+        )
         se_before = host[1].fc1.weight.detach().clone()
         for m in host.modules():  # a host's init reaching every conv, as cot's and hiri-vit's do
             if isinstance(m, nn.Conv2d):
                 nn.init.ones_(m.weight)
-        assert reset_attn_layers(host) == 1
+        assert reset_attn_layers(host) == 2  # the registered name and the callable
         assert host[0].conv.weight.abs().sum() == 0
+        assert host[2].conv.weight.abs().sum() == 0
         # timm's module keeps the host's init, as in timm's own models
         assert torch.equal(host[1].fc1.weight, torch.ones_like(se_before))
     finally:

@@ -45,7 +45,7 @@ PROVIDED_BY: dict[str, str] = {"gc": "gcnet", "nl": "gcnet", "snl": "gcnet"}
 _TIMM_PREFIX = "timm."
 
 _REGISTRY: dict[str, tuple[AttnFactory, str]] = {}
-# modules create_attn_layer built from a registered (ctxnets) name: they own their initialisation
+# modules create_attn_layer built from a registered name or a callable: they own their initialisation
 _OWN_INIT: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
@@ -141,13 +141,14 @@ def create_attn_layer(attn_layer: AttnLayerSpec, channels: int, **kwargs: Any) -
     if factory is None:
         return None
     module = factory(channels, **kwargs)
-    if isinstance(attn_layer, str) and attn_layer.lower() in _REGISTRY:
+    if not isinstance(attn_layer, str) or attn_layer.lower() in _REGISTRY:  # not one of timm's modules
         _OWN_INIT.add(module)
     return module
 
 
 def reset_attn_layers(model: nn.Module) -> int:
-    """Re-run ``reset_parameters()`` of every attention module in ``model`` built from a registered name.
+    """Re-run ``reset_parameters()`` of each attention module in ``model`` built from a registered name or a
+    callable by :func:`create_attn_layer`.
 
     A host backbone's weight init (``self.apply(_init_weights)``, a loop over its convs) also reaches the
     modules its ``attn_layer`` hook inserted and overwrites their own initialisation, such as the GC
