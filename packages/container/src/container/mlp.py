@@ -1,0 +1,184 @@
+"""The CONTAINER block's MLP, ``fc2(GELU(fc1(x)))`` with 1x1 convolutions (Gao et al., "Container: Context
+Aggregation Networks", NeurIPS 2021, Sec. 4; the released code's ``CMlp``), and its faster CPU paths.
+
+The MLP widens stages 1-2 eightfold at strides 4 and 8, so its hidden activation is by far the largest
+tensor in the network: (8, 512, 56, 56) floats, 51 MB, at batch 8 and 224. glibc serves allocations
+above 32 MB with fresh pages from the kernel on every call, and touching them costs about as much as a
+1x1 convolution over them (docs/benchmarks.md). The faster paths keep the maths and avoid those
+allocations:
+
+- inference computes the hidden activation a few images (or rows) at a time, at most ``chunk_bytes``
+  of it at once, and applies GELU in place, so every buffer is small enough to be reused and peak
+  memory falls too (the chunked feed-forward of Reformer, Kitaev et al. 2020, Sec. 3);
+- training uses :class:`_ConvMlpFunction`, whose backward writes ``dL/da`` into the saved GELU output's
+  buffer and ``dL/dh`` into the saved pre-activation's, once each has been used: no large allocation in
+  backward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+__all__ = ["ConvMlp", "conv_mlp_chunked", "conv_mlp_train"]
+
+#: hidden-activation bytes the inference path holds at once (under glibc's 32 MB mmap ceiling)
+DEFAULT_CHUNK_BYTES = 16 * 2**20
+
+
+def _conv1x1_backward(
+    grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mask: list[bool]
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """``(dL/dx, dL/dW, dL/db)`` of a stride-1, unpadded 1x1 convolution; ``mask`` picks which."""
+    out: Any = torch.ops.aten.convolution_backward(
+        grad, x, weight, [weight.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask
+    )
+    return out[0], out[1], out[2]
+
+
+class _ConvMlpFunction(torch.autograd.Function):
+    """(x, W1, b1, W2, b2) -> ``W2 * GELU(W1 * x + b1) + b2``, reusing the saved activations' buffers."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        w1: torch.Tensor,
+        b1: torch.Tensor | None,
+        w2: torch.Tensor,
+        b2: torch.Tensor | None,
+    ) -> torch.Tensor:
+        h = F.conv2d(x, w1, b1)
+        a = F.gelu(h)
+        ctx.save_for_backward(x, w1, b1, w2)
+        # intermediates live on ctx (not saved_tensors) because backward overwrites them
+        ctx.hidden = (h, a)
+        ctx.has_bias = (b1 is not None, b2 is not None)
+        return F.conv2d(a, w2, b2)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, w1, b1, w2 = ctx.saved_tensors
+        need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad
+        if ctx.hidden is None:  # a second backward (retain_graph=True): the first one overwrote h and a
+            h = F.conv2d(x, w1, b1)
+            a = F.gelu(h)
+        else:
+            h, a = ctx.hidden
+            ctx.hidden = None
+        grad = grad.contiguous()
+        _, grad_w2, grad_b2 = _conv1x1_backward(grad, a, w2, [False, need_w2, need_b2 and ctx.has_bias[1]])
+        # a and h are ours (made in forward, never returned), so once read they can hold the gradients
+        if a.is_contiguous() and h.is_contiguous():
+            b, hidden = a.shape[:2]
+            w2t = w2.reshape(w2.shape[0], hidden).t()
+            grad_a = torch.matmul(w2t, grad.reshape(b, w2.shape[0], -1), out=a.reshape(b, hidden, -1)).view_as(a)
+            grad_h = torch.ops.aten.gelu_backward.grad_input(grad_a, h, grad_input=h)
+        else:  # channels-last or other strides: plain allocations
+            grad_a = _conv1x1_backward(grad, a, w2, [True, False, False])[0]
+            grad_h = torch.ops.aten.gelu_backward(grad_a, h)
+        grad_x, grad_w1, grad_b1 = _conv1x1_backward(
+            grad_h, x, w1, [need_x, need_w1, need_b1 and ctx.has_bias[0]]
+        )
+        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2
+
+
+def conv_mlp_train(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor | None,
+    w2: torch.Tensor,
+    b2: torch.Tensor | None,
+) -> torch.Tensor:
+    """``fc2(GELU(fc1(x)))`` for training: (B, C, H, W) -> (B, C_out, H, W), a backward that allocates
+    no hidden-size tensor.
+
+    Args:
+        x: input map.
+        w1: (hidden, C, 1, 1) ``fc1`` weight; ``b1`` its (hidden,) bias or None.
+        w2: (C_out, hidden, 1, 1) ``fc2`` weight; ``b2`` its (C_out,) bias or None.
+    """
+    return _ConvMlpFunction.apply(x, w1, b1, w2, b2)
+
+
+def conv_mlp_chunked(
+    x: torch.Tensor, fc1: nn.Conv2d, fc2: nn.Conv2d, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> torch.Tensor:
+    """``fc2(GELU(fc1(x)))`` without autograd: (B, C, H, W) -> (B, C_out, H, W), at most ``chunk_bytes``
+    of the hidden activation at a time (whole images while one fits, else bands of rows), GELU in place.
+    """
+    b, _, height, width = x.shape
+    row_bytes = fc1.out_channels * width * x.element_size()
+    image_bytes = row_bytes * height
+    if image_bytes * b <= chunk_bytes:
+        return fc2(torch.ops.aten.gelu_(fc1(x)))
+    if image_bytes <= chunk_bytes:
+        parts = [fc2(torch.ops.aten.gelu_(fc1(xs))) for xs in x.split(chunk_bytes // image_bytes)]
+        return torch.cat(parts)
+    rows = max(1, chunk_bytes // row_bytes)
+    images = [
+        torch.cat([fc2(torch.ops.aten.gelu_(fc1(band))) for band in image.split(rows, dim=2)], dim=2)
+        for image in x.split(1)
+    ]
+    return torch.cat(images)
+
+
+def _plain_ops(x: torch.Tensor) -> bool:
+    """TorchScript, torch.jit.trace (ONNX export), torch.fx and torch.export keep the plain forward."""
+    return (
+        torch.jit.is_scripting()
+        or torch.jit.is_tracing()
+        or isinstance(x, torch.fx.Proxy)
+        or torch.compiler.is_exporting()
+    )
+
+
+class ConvMlp(nn.Module):
+    """``fc2(GELU(fc1(x)))`` with 1x1 convolutions on a (B, C, H, W) map (the block's channel MLP).
+
+    Args:
+        dim: input channels C.
+        hidden_dim: hidden channels (``mlp_ratio * C``).
+        out_dim: output channels (default C).
+        fused: the faster paths of the module docstring, in eager mode (training) and in eager mode or
+            under ``torch.compile`` (inference); False runs the three layers as written.
+        chunk_bytes: hidden-activation bytes the inference path holds at once.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int,
+        out_dim: int | None = None,
+        fused: bool = True,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> None:
+        super().__init__()
+        if chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}")
+        self.fc1 = nn.Conv2d(dim, hidden_dim, 1)
+        self.act = nn.GELU()
+        self.fc2 = nn.Conv2d(hidden_dim, out_dim or dim, 1)
+        self.fused = fused
+        self.chunk_bytes = chunk_bytes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C_out, H, W)."""
+        if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
+            if self.fused and not _plain_ops(x) and not torch.is_autocast_enabled(x.device.type):
+                needs_grad = torch.is_grad_enabled() and (
+                    x.requires_grad or self.fc1.weight.requires_grad or self.fc2.weight.requires_grad
+                )
+                if not needs_grad:
+                    return conv_mlp_chunked(x, self.fc1, self.fc2, self.chunk_bytes)
+                if not torch.compiler.is_compiling():
+                    return conv_mlp_train(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+        return self.fc2(self.act(self.fc1(x)))
+
+    def extra_repr(self) -> str:
+        return f"fused={self.fused}, chunk_bytes={self.chunk_bytes}"
