@@ -40,6 +40,27 @@ def _conv1x1_backward(
     return out[0], out[1], out[2]
 
 
+def _input_grad_into(grad: torch.Tensor, weight: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor | None:
+    """``dL/dx`` of a 1x1 convolution written into ``buffer`` (x's shape and layout), or None if
+    ``buffer`` is neither NCHW- nor channels-last-contiguous.
+
+    A 1x1 convolution is a matrix product over channels, so its input gradient is ``W^T g`` per position:
+    a batched (C_in, C_out) x (C_out, H*W) product in NCHW, one (B*H*W, C_out) x (C_out, C_in) in
+    channels-last.
+    """
+    b, c_in = buffer.shape[:2]
+    w = weight.reshape(weight.shape[0], c_in)
+    if buffer.is_contiguous():
+        g = grad.contiguous().reshape(b, w.shape[0], -1)
+        torch.matmul(w.t(), g, out=buffer.reshape(b, c_in, -1))
+        return buffer
+    if buffer.is_contiguous(memory_format=torch.channels_last):
+        g = grad.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, w.shape[0])
+        torch.mm(g, w, out=buffer.permute(0, 2, 3, 1).reshape(-1, c_in))
+        return buffer
+    return None
+
+
 class _ConvMlpFunction(torch.autograd.Function):
     """(x, W1, b1, W2, b2) -> ``W2 * GELU(W1 * x + b1) + b2``, reusing the saved activations' buffers."""
 
@@ -71,15 +92,12 @@ class _ConvMlpFunction(torch.autograd.Function):
         else:
             h, a = ctx.hidden
             ctx.hidden = None
-        grad = grad.contiguous()
         _, grad_w2, grad_b2 = _conv1x1_backward(grad, a, w2, [False, need_w2, need_b2 and ctx.has_bias[1]])
         # a and h are ours (made in forward, never returned), so once read they can hold the gradients
-        if a.is_contiguous() and h.is_contiguous():
-            b, hidden = a.shape[:2]
-            w2t = w2.reshape(w2.shape[0], hidden).t()
-            grad_a = torch.matmul(w2t, grad.reshape(b, w2.shape[0], -1), out=a.reshape(b, hidden, -1)).view_as(a)
+        grad_a = _input_grad_into(grad, w2, a) if h.stride() == a.stride() else None
+        if grad_a is not None:
             grad_h = torch.ops.aten.gelu_backward.grad_input(grad_a, h, grad_input=h)
-        else:  # channels-last or other strides: plain allocations
+        else:  # other strides: plain allocations
             grad_a = _conv1x1_backward(grad, a, w2, [True, False, False])[0]
             grad_h = torch.ops.aten.gelu_backward(grad_a, h)
         grad_x, grad_w1, grad_b1 = _conv1x1_backward(
