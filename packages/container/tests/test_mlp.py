@@ -25,9 +25,9 @@ def _x(*shape: int, channels_last: bool = False) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def _grads(module: ConvMlp, x: torch.Tensor, grad_out: torch.Tensor, retain: bool = False) -> list[torch.Tensor]:
+def _grads(module: ConvMlp, x: torch.Tensor, grad_out: torch.Tensor) -> list[torch.Tensor]:
     x = x.detach().requires_grad_()
-    return list(torch.autograd.grad(module(x), [x, *module.parameters()], grad_out, retain_graph=retain))
+    return list(torch.autograd.grad(module(x), [x, *module.parameters()], grad_out))
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
