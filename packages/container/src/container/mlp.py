@@ -156,6 +156,11 @@ def _plain_ops(x: torch.Tensor) -> bool:
     )
 
 
+def _fast_cpu_path(x: torch.Tensor) -> bool:
+    # the tracing checks come first: a traced x has no device to read
+    return not _plain_ops(x) and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+
+
 class ConvMlp(nn.Module):
     """``fc2(GELU(fc1(x)))`` with 1x1 convolutions on a (B, C, H, W) map (the block's channel MLP).
 
@@ -163,8 +168,9 @@ class ConvMlp(nn.Module):
         dim: input channels C.
         hidden_dim: hidden channels (``mlp_ratio * C``).
         out_dim: output channels (default C).
-        fused: the faster paths of the module docstring, in eager mode (training) and in eager mode or
-            under ``torch.compile`` (inference); False runs the three layers as written.
+        fused: the faster paths of the module docstring, on CPU without autocast: in eager mode
+            (training), in eager mode or under ``torch.compile`` (inference). False, or any other device,
+            runs the three layers as written (where the caching allocator makes allocation cheap).
         chunk_bytes: hidden-activation bytes the inference path holds at once.
     """
 
@@ -188,7 +194,7 @@ class ConvMlp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C_out, H, W)."""
         if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
-            if self.fused and not _plain_ops(x) and not torch.is_autocast_enabled(x.device.type):
+            if self.fused and _fast_cpu_path(x):
                 needs_grad = torch.is_grad_enabled() and (
                     x.requires_grad or self.fc1.weight.requires_grad or self.fc2.weight.requires_grad
                 )
