@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -176,6 +177,14 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 # ---- bench -------------------------------------------------------------------------------------
 
+#: glibc settings that keep freed memory for reuse: no allocation is served by fresh pages from the kernel
+#: (by default blocks above 32 MB are, and the heap's top is returned), so no time goes to page faults
+KEEP_FREED_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**33)}
+
+
+def _keeps_freed_memory() -> bool:
+    return all(os.environ.get(k) == v for k, v in KEEP_FREED_MEMORY_ENV.items())
+
 
 def _bench_argv(args: argparse.Namespace, mode: str, compiled: bool, out: str) -> list[str]:
     argv = [*args.model, "--vs", *args.vs, "--mode", mode, "--compile", "on" if compiled else "off"]
@@ -187,6 +196,8 @@ def _bench_argv(args: argparse.Namespace, mode: str, compiled: bool, out: str) -
         argv.append("--channels-last")
     if args.native_size:
         argv.append("--native-size")
+    if args.keep_freed_memory:
+        argv.append("--keep-freed-memory")
     return [sys.executable, "-m", "ctxnets_shared.cli", "bench", *argv]
 
 
@@ -194,7 +205,10 @@ def _bench_in_subprocess(args: argparse.Namespace, mode: str, compiled: bool) ->
     # each setting in a process of its own: the allocator's state, oneDNN's primitive cache and the
     # compiler's caches left by one setting would otherwise shape the timing of the next
     with tempfile.TemporaryDirectory(prefix="ctxnets-bench-") as tmp:
-        proc = subprocess.run(_bench_argv(args, mode, compiled, tmp), stdout=subprocess.DEVNULL, check=False)
+        env = {**os.environ, **KEEP_FREED_MEMORY_ENV} if args.keep_freed_memory else None
+        proc = subprocess.run(
+            _bench_argv(args, mode, compiled, tmp), stdout=subprocess.DEVNULL, check=False, env=env
+        )
         if proc.returncode != 0:
             raise UserError(f"the {mode}/{'compiled' if compiled else 'eager'} run failed (see above)")
         data = json.loads((Path(tmp) / "bench.json").read_text())
@@ -220,7 +234,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     results: list[BenchResult] = []
     for mode in modes:
         for compiled in compiles:
-            if len(modes) * len(compiles) > 1:
+            # the allocator reads its settings at process start, so they need a process of their own too
+            if len(modes) * len(compiles) > 1 or (args.keep_freed_memory and not _keeps_freed_memory()):
                 results += _bench_in_subprocess(args, mode, compiled)
                 continue
             # fresh models per setting: compiled wrappers and optimiser state must not leak across settings
@@ -242,9 +257,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 repeats=args.repeats,
                 device=args.device,
             )
+    allocator = ""
+    if args.keep_freed_memory:
+        allocator = (
+            "; glibc keeps freed memory ("
+            + ", ".join(f"{k}={v}" for k, v in KEEP_FREED_MEMORY_ENV.items())
+            + ")"
+        )
     lines = [
         f"machine: {_machine()}; torch {torch.__version__}; batch {args.batch_size}, {_size_text(args)}, "
-        f"{'channels_last' if args.channels_last else 'NCHW'}, median of {args.repeats}",
+        f"{'channels_last' if args.channels_last else 'NCHW'}, median of {args.repeats}{allocator}",
         "",
         "| setting | model | img/s | vs " + peer + " | peak MB | vs " + peer + " |",
         "|---|---|---|---|---|---|",
@@ -329,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mode", choices=("infer", "train", "both"), default="both")
     s.add_argument("--compile", choices=("off", "on", "both"), default="both", help="torch.compile")
     s.add_argument("--channels-last", action="store_true")
+    s.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="tell glibc's allocator to keep freed memory for reuse (Linux): no time spent on page faults "
+        "of fresh allocations, which otherwise favours the model with the smaller activations",
+    )
     s.add_argument("--warmup", type=_positive, default=5)
     s.add_argument("--repeats", type=_positive, default=10)
     s.add_argument("--threads", type=_positive, help="torch intra-op threads (default: torch's choice)")
