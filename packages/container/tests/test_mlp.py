@@ -40,6 +40,19 @@ def test_training_path_equals_autograd_through_the_layers(channels_last):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
+def test_a_trainable_bias_alone_still_gets_its_gradient():
+    fused, plain = _pair()
+    for module in (fused, plain):
+        module.fc1.weight.requires_grad_(False)
+        module.fc2.weight.requires_grad_(False)
+    x = _x(2, C, 4, 4)
+    fused(x).sum().backward()
+    plain(x).sum().backward()
+    assert fused.fc1.bias.grad is not None
+    torch.testing.assert_close(fused.fc1.bias.grad, plain.fc1.bias.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fused.fc2.bias.grad, plain.fc2.bias.grad, rtol=1e-10, atol=1e-12)
+
+
 def test_training_path_gradcheck_with_and_without_bias():
     x = _x(2, C, 4, 3).requires_grad_()
     w1 = _x(HIDDEN, C, 1, 1).requires_grad_()

@@ -196,7 +196,7 @@ class ConvMlp(nn.Module):
         if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
             if self.fused and _fast_cpu_path(x):
                 needs_grad = torch.is_grad_enabled() and (
-                    x.requires_grad or self.fc1.weight.requires_grad or self.fc2.weight.requires_grad
+                    x.requires_grad or any(p.requires_grad for p in self.parameters())
                 )
                 if not needs_grad:
                     return conv_mlp_chunked(x, self.fc1, self.fc2, self.chunk_bytes)
