@@ -77,3 +77,22 @@ def test_check_image_input() -> None:
     scripted = torch.jit.script(check_image_input)
     with pytest.raises(Exception, match="smaller than the network stride"):
         scripted(torch.zeros(1, 3, 8, 8), 3, 32)
+
+
+def test_is_traced_in_eager_fx_and_jit_trace() -> None:
+    import torch.fx
+
+    from ctxnets_shared.layers import is_traced
+
+    seen: list[bool] = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(is_traced(x))
+            return x + 1
+
+    x = torch.zeros(1)
+    Probe()(x)
+    torch.fx.symbolic_trace(Probe())
+    torch.jit.trace(Probe(), x, check_trace=False)
+    assert seen == [False, True, True]

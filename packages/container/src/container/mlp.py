@@ -24,6 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from ctxnets_shared.layers import is_traced
+
 __all__ = ["ConvMlp", "conv_mlp_chunked", "conv_mlp_train"]
 
 #: hidden-activation bytes the inference path holds at once (under glibc's 32 MB mmap ceiling)
@@ -146,19 +148,9 @@ def conv_mlp_chunked(
     return torch.cat(images)
 
 
-def _plain_ops(x: torch.Tensor) -> bool:
-    """TorchScript, torch.jit.trace (ONNX export), torch.fx and torch.export keep the plain forward."""
-    return (
-        torch.jit.is_scripting()
-        or torch.jit.is_tracing()
-        or isinstance(x, torch.fx.Proxy)
-        or torch.compiler.is_exporting()
-    )
-
-
 def _fast_cpu_path(x: torch.Tensor) -> bool:
     # the tracing checks come first: a traced x has no device to read
-    return not _plain_ops(x) and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+    return not is_traced(x) and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
 
 
 class ConvMlp(nn.Module):

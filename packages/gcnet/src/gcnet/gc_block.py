@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ctxnets_shared.layers import is_traced
 from gcnet._checks import check_feature_map, hidden_channels
 from gcnet.fused import attention_pool
 
@@ -43,7 +44,7 @@ TRANSFORMS = ("ln_relu", "relu", "linear", "single")
 
 def _eager(x: torch.Tensor) -> bool:
     """Not under torch.compile, torch.jit.trace (ONNX export) or torch.fx, which keep the plain ops."""
-    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or isinstance(x, torch.fx.Proxy))
+    return not (torch.compiler.is_compiling() or is_traced(x))
 
 
 def _transform(channels: int, planes: int, kind: str) -> nn.Sequential:

@@ -11,6 +11,7 @@ from ctxnets_shared.layers.attn_registry import (
     resolve_attn_layer,
 )
 from ctxnets_shared.layers.conv_norm_act import ConvNormAct
+from ctxnets_shared.layers.tracing import is_traced
 
 __all__ = [
     "AttnLayerSpec",
@@ -18,6 +19,7 @@ __all__ = [
     "MultiHeadSelfAttention2d",
     "UnknownAttnLayerError",
     "create_attn_layer",
+    "is_traced",
     "list_attn_layers",
     "register_attn_layer",
     "reset_attn_layers",

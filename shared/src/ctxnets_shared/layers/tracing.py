@@ -1,0 +1,22 @@
+"""Whether a layer's input is being traced rather than computed, for layers whose faster eager path must
+give way to the plain ops that tracers and exporters record."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["is_traced"]
+
+
+def is_traced(x: torch.Tensor) -> bool:
+    """True under TorchScript, ``torch.jit.trace`` (ONNX export), ``torch.fx`` and ``torch.export``.
+
+    Checks only what is known without reading ``x``'s values or device, so a caller can test it before
+    anything that a ``torch.fx.Proxy`` would refuse (``x.requires_grad``, ``x.device.type``).
+    """
+    return (
+        torch.jit.is_scripting()
+        or torch.jit.is_tracing()
+        or isinstance(x, torch.fx.Proxy)
+        or torch.compiler.is_exporting()
+    )
