@@ -96,3 +96,50 @@ def test_is_traced_in_eager_fx_and_jit_trace() -> None:
     torch.fx.symbolic_trace(Probe())
     torch.jit.trace(Probe(), x, check_trace=False)
     assert seen == [False, True, True]
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
+def test_conv1x1_grads_equal_autograd_and_fill_the_buffer(layout: str) -> None:
+    from ctxnets_shared.layers import conv1x1_backward, conv1x1_input_grad_into
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 4, 3, dtype=torch.float64, generator=gen)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = torch.randn(2, 5, 4, 6, dtype=torch.float64, generator=gen)[..., ::2]
+    weight = torch.randn(7, 5, 1, 1, dtype=torch.float64, generator=gen, requires_grad=True)
+    bias = torch.randn(7, dtype=torch.float64, generator=gen, requires_grad=True)
+    grad = torch.randn(2, 7, 4, 3, dtype=torch.float64, generator=gen)
+    xr = x.clone().requires_grad_()
+    want = torch.autograd.grad(torch.nn.functional.conv2d(xr, weight, bias), [xr, weight, bias], grad)
+    weight = weight.detach()  # as in an autograd Function's backward
+    got = conv1x1_backward(grad, x, weight, [True, True, True])
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+    buffer = x.clone() if layout != "strided" else x
+    out = conv1x1_input_grad_into(grad, weight, buffer)
+    if layout == "strided":  # neither NCHW nor channels-last: the caller must allocate
+        assert out is None
+    else:
+        assert out is buffer
+        torch.testing.assert_close(buffer, want[0], rtol=1e-12, atol=1e-12)
+
+
+def test_is_plain_cpu_only_for_untraced_cpu_tensors_without_autocast() -> None:
+    from ctxnets_shared.layers import is_plain_cpu
+
+    x = torch.randn(1, 2, 3, 3)
+    assert is_plain_cpu(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not is_plain_cpu(x)
+    seen: list[bool] = []
+
+    class Probe(nn.Module):
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            seen.append(is_plain_cpu(t))
+            return t + 1
+
+    torch.fx.symbolic_trace(Probe())
+    torch.jit.trace(Probe(), (x,), check_trace=False)
+    assert seen == [False, False]

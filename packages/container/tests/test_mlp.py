@@ -154,14 +154,14 @@ def test_container_training_backward_writes_into_the_saved_activations(monkeypat
     import container.mlp as mlp
 
     written: list[bool] = []
-    real = mlp._input_grad_into
+    real = mlp.conv1x1_input_grad_into
 
     def spy(grad, weight, buffer):
         out = real(grad, weight, buffer)
         written.append(out is not None)
         return out
 
-    monkeypatch.setattr(mlp, "_input_grad_into", spy)
+    monkeypatch.setattr(mlp, "conv1x1_input_grad_into", spy)
     model = timm.create_model("container_v1_light", num_classes=10).train()
     model(torch.randn(2, 3, 64, 64)).sum().backward()
     assert written == [True] * 18

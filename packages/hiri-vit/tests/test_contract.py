@@ -25,7 +25,13 @@ TestContract = contract_suite(
         ),
         ModelSpec(
             "hiri_vit_b",
-            round_trip_kwargs={"in_chans": 1, "global_pool": "avg", "sr_ratios": [2, 1], "stem_width": 32},
+            round_trip_kwargs={
+                "in_chans": 1,
+                "global_pool": "avg",
+                "sr_ratios": [2, 1],
+                "stem_width": 32,
+                "fused_mlp": False,
+            },
             compile_backend="aot_eager",
             **_DEEP,
         ),

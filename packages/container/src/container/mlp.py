@@ -24,43 +24,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from ctxnets_shared.layers import is_traced
+from ctxnets_shared.layers import conv1x1_backward, conv1x1_input_grad_into, is_plain_cpu
 
 __all__ = ["ConvMlp", "conv_mlp_chunked", "conv_mlp_train"]
 
 #: hidden-activation bytes the inference path holds at once (under glibc's 32 MB mmap ceiling)
 DEFAULT_CHUNK_BYTES = 16 * 2**20
-
-
-def _conv1x1_backward(
-    grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mask: list[bool]
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """``(dL/dx, dL/dW, dL/db)`` of a stride-1, unpadded 1x1 convolution; ``mask`` picks which."""
-    out: Any = torch.ops.aten.convolution_backward(
-        grad, x, weight, [weight.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask
-    )
-    return out[0], out[1], out[2]
-
-
-def _input_grad_into(grad: torch.Tensor, weight: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor | None:
-    """``dL/dx`` of a 1x1 convolution written into ``buffer`` (x's shape and layout), or None if
-    ``buffer`` is neither NCHW- nor channels-last-contiguous.
-
-    A 1x1 convolution is a matrix product over channels, so its input gradient is ``W^T g`` per position:
-    a batched (C_in, C_out) x (C_out, H*W) product in NCHW, one (B*H*W, C_out) x (C_out, C_in) in
-    channels-last.
-    """
-    b, c_in = buffer.shape[:2]
-    w = weight.reshape(weight.shape[0], c_in)
-    if buffer.is_contiguous():
-        g = grad.contiguous().reshape(b, w.shape[0], -1)
-        torch.matmul(w.t(), g, out=buffer.reshape(b, c_in, -1))
-        return buffer
-    if buffer.is_contiguous(memory_format=torch.channels_last):
-        g = grad.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, w.shape[0])
-        torch.mm(g, w, out=buffer.permute(0, 2, 3, 1).reshape(-1, c_in))
-        return buffer
-    return None
 
 
 class _ConvMlpFunction(torch.autograd.Function):
@@ -94,15 +63,15 @@ class _ConvMlpFunction(torch.autograd.Function):
         else:
             h, a = ctx.hidden
             ctx.hidden = None
-        _, grad_w2, grad_b2 = _conv1x1_backward(grad, a, w2, [False, need_w2, need_b2 and ctx.has_bias[1]])
+        _, grad_w2, grad_b2 = conv1x1_backward(grad, a, w2, [False, need_w2, need_b2 and ctx.has_bias[1]])
         # a and h are ours (made in forward, never returned), so once read they can hold the gradients
-        grad_a = _input_grad_into(grad, w2, a) if h.stride() == a.stride() else None
+        grad_a = conv1x1_input_grad_into(grad, w2, a) if h.stride() == a.stride() else None
         if grad_a is not None:
             grad_h = torch.ops.aten.gelu_backward.grad_input(grad_a, h, grad_input=h)
         else:  # other strides: plain allocations
-            grad_a = _conv1x1_backward(grad, a, w2, [True, False, False])[0]
+            grad_a = conv1x1_backward(grad, a, w2, [True, False, False])[0]
             grad_h = torch.ops.aten.gelu_backward(grad_a, h)
-        grad_x, grad_w1, grad_b1 = _conv1x1_backward(
+        grad_x, grad_w1, grad_b1 = conv1x1_backward(
             grad_h, x, w1, [need_x, need_w1, need_b1 and ctx.has_bias[0]]
         )
         return grad_x, grad_w1, grad_b1, grad_w2, grad_b2
@@ -148,11 +117,6 @@ def conv_mlp_chunked(
     return torch.cat(images)
 
 
-def _fast_cpu_path(x: torch.Tensor) -> bool:
-    # the tracing checks come first: a traced x has no device to read
-    return not is_traced(x) and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
-
-
 class ConvMlp(nn.Module):
     """``fc2(GELU(fc1(x)))`` with 1x1 convolutions on a (B, C, H, W) map (the block's channel MLP).
 
@@ -186,7 +150,7 @@ class ConvMlp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C_out, H, W)."""
         if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
-            if self.fused and _fast_cpu_path(x):
+            if self.fused and is_plain_cpu(x):
                 needs_grad = torch.is_grad_enabled() and (
                     x.requires_grad or any(p.requires_grad for p in self.parameters())
                 )

@@ -1,18 +1,152 @@
 """Convolutional feed-forward network (CFFN, paper Eq. 3) and the CFFN block of stage 3 (Yao et al.,
 "HIRI-ViT: Scaling Vision Transformer with High Resolution Inputs", TPAMI, Sec. 3 and 4).
+
+The CFFN's three hidden-width tensors (``h = FC(X)``, ``z = act(h)``, ``DWConv(z) + z``) are the largest
+activations of stages 3-5. On CPU every fresh tensor of that size costs page faults as well as arithmetic
+(docs/benchmarks.md), so with GELU the module has faster CPU paths that keep the maths:
+
+- inference runs a few images at a time, at most ``chunk_bytes`` of hidden activation each, with GELU and
+  the residual add in place;
+- training uses :class:`_CFFNFunction`, whose backward writes each gradient into a saved activation's buffer
+  once that activation has been read, so only the depthwise convolution's input gradient is allocated.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+import timm.layers.activations as timm_act
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import DropPath
+from torch.autograd.function import once_differentiable
 
-from ctxnets_shared.layers import AttnLayerSpec, create_attn_layer
+from ctxnets_shared.layers import (
+    AttnLayerSpec,
+    conv1x1_backward,
+    conv1x1_input_grad_into,
+    create_attn_layer,
+    is_plain_cpu,
+)
 
-__all__ = ["CFFN", "CFFNBlock"]
+__all__ = ["CFFN", "CFFNBlock", "cffn_chunked", "cffn_train", "gelu_approximation"]
+
+#: hidden-activation bytes the inference path holds at once (under glibc's 32 MB mmap ceiling)
+DEFAULT_CHUNK_BYTES = 16 * 2**20
+
+
+def gelu_approximation(act: nn.Module) -> str | None:
+    """``approximate`` of a GELU module (torch's or timm's), None for any other activation."""
+    if isinstance(act, nn.GELU):
+        return act.approximate
+    if isinstance(act, timm_act.GELU):
+        return "none"
+    if isinstance(act, timm_act.GELUTanh):
+        return "tanh"
+    return None
+
+
+def _dwconv(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return F.conv2d(z, weight, bias, padding=weight.shape[-1] // 2, groups=weight.shape[0])
+
+
+class _CFFNFunction(torch.autograd.Function):
+    """(x, W1, b1, Wd, bd, W2, b2) -> ``W2 * (DWConv(z) + z) + b2``, ``z = GELU(W1 * x + b1)``, with a
+    backward that reuses the saved activations' buffers."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        w1: torch.Tensor,
+        b1: torch.Tensor | None,
+        wd: torch.Tensor,
+        bd: torch.Tensor | None,
+        w2: torch.Tensor,
+        b2: torch.Tensor | None,
+        approximate: str,
+    ) -> torch.Tensor:
+        h = F.conv2d(x, w1, b1)
+        z = F.gelu(h, approximate=approximate)
+        s = _dwconv(z, wd, bd).add_(z)
+        ctx.save_for_backward(x, w1, b1, wd, bd, w2)
+        # intermediates live on ctx (not saved_tensors) because backward overwrites them
+        ctx.hidden = (h, z, s)
+        ctx.has_bias = (b1 is not None, bd is not None, b2 is not None)
+        ctx.approximate = approximate
+        return F.conv2d(s, w2, b2)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, w1, b1, wd, bd, w2 = ctx.saved_tensors
+        need_x, need_w1, need_b1, need_wd, need_bd, need_w2, need_b2, _ = ctx.needs_input_grad
+        has_b1, has_bd, has_b2 = ctx.has_bias
+        if ctx.hidden is None:  # a second backward (retain_graph=True): the first one overwrote them
+            h = F.conv2d(x, w1, b1)
+            z = F.gelu(h, approximate=ctx.approximate)
+            s = _dwconv(z, wd, bd).add_(z)
+        else:
+            h, z, s = ctx.hidden
+            ctx.hidden = None
+        _, grad_w2, grad_b2 = conv1x1_backward(grad, s, w2, [False, need_w2, need_b2 and has_b2])
+        # s, z and h are ours (made in forward, never returned), so once read they can hold gradients
+        grad_s = conv1x1_input_grad_into(grad, w2, s)
+        if grad_s is None:
+            grad_s = conv1x1_backward(grad, s, w2, [True, False, False])[0]
+        hidden = wd.shape[0]
+        pad = wd.shape[-1] // 2
+        dw: Any = torch.ops.aten.convolution_backward(
+            grad_s, z, wd, [hidden], [1, 1], [pad, pad], [1, 1], False, [0, 0], hidden,
+            [True, need_wd, need_bd and has_bd],
+        )  # fmt: skip
+        grad_z = dw[0].add_(grad_s)  # d(DWConv(z) + z)/dz
+        if grad_z.stride() == h.stride():
+            grad_h = torch.ops.aten.gelu_backward.grad_input(
+                grad_z, h, approximate=ctx.approximate, grad_input=h
+            )
+        else:
+            grad_h = torch.ops.aten.gelu_backward(grad_z, h, approximate=ctx.approximate)
+        grad_x, grad_w1, grad_b1 = conv1x1_backward(grad_h, x, w1, [need_x, need_w1, need_b1 and has_b1])
+        return grad_x, grad_w1, grad_b1, dw[1], dw[2], grad_w2, grad_b2, None
+
+
+def cffn_train(x: torch.Tensor, cffn: CFFN) -> torch.Tensor:
+    """``CFFN(x)`` (GELU) for training: (B, C, H, W) -> (B, C, H, W), with a backward that allocates one
+    hidden-width tensor instead of four."""
+    approximate = gelu_approximation(cffn.act)
+    if approximate is None:
+        raise TypeError(f"cffn_train needs a GELU activation, got {type(cffn.act).__name__}")
+    return _CFFNFunction.apply(
+        x,
+        cffn.fc1.weight,
+        cffn.fc1.bias,
+        cffn.dwconv.weight,
+        cffn.dwconv.bias,
+        cffn.fc2.weight,
+        cffn.fc2.bias,
+        approximate,
+    )
+
+
+def cffn_chunked(x: torch.Tensor, cffn: CFFN, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
+    """``CFFN(x)`` (GELU) without autograd: (B, C, H, W) -> (B, C, H, W), whole images at a time with at
+    most ``chunk_bytes`` of hidden activation (one image when one is larger), GELU and add in place."""
+    approximate = gelu_approximation(cffn.act)
+    if approximate is None:
+        raise TypeError(f"cffn_chunked needs a GELU activation, got {type(cffn.act).__name__}")
+
+    def run(xs: torch.Tensor) -> torch.Tensor:
+        z = torch.ops.aten.gelu_(cffn.fc1(xs), approximate=approximate)
+        return cffn.fc2(cffn.dwconv(z).add_(z))
+
+    image_bytes = cffn.fc1.out_channels * x.shape[2] * x.shape[3] * x.element_size()
+    per_chunk = max(1, chunk_bytes // max(image_bytes, 1))
+    if per_chunk >= x.shape[0]:
+        return run(x)
+    return torch.cat([run(xs) for xs in x.split(per_chunk)])
 
 
 class CFFN(nn.Module):
@@ -25,19 +159,46 @@ class CFFN(nn.Module):
         dim: C, input and output channels.
         hidden_dim: E * C, the expanded width.
         act_layer: activation class (sigma in Eq. 3).
+        fused: with GELU, the faster paths of the module docstring, on CPU without autocast: in eager mode
+            (training), in eager mode or under ``torch.compile`` (inference). False, another activation or
+            another device runs Eq. 3 as written.
+        chunk_bytes: hidden-activation bytes the inference path holds at once.
     """
 
-    def __init__(self, dim: int, hidden_dim: int, act_layer: Callable[[], nn.Module] = nn.GELU) -> None:
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int,
+        act_layer: Callable[[], nn.Module] = nn.GELU,
+        fused: bool = True,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> None:
         super().__init__()
+        if chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}")
         self.fc1 = nn.Conv2d(dim, hidden_dim, 1)
         self.act = act_layer()
         self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim)
         self.fc2 = nn.Conv2d(hidden_dim, dim, 1)
+        self.fused = fused
+        self.chunk_bytes = chunk_bytes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
+        if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
+            if self.fused and gelu_approximation(self.act) is not None and is_plain_cpu(x):
+                needs_grad = torch.is_grad_enabled() and (
+                    x.requires_grad or any(p.requires_grad for p in self.parameters())
+                )
+                if not needs_grad:
+                    return cffn_chunked(x, self, self.chunk_bytes)
+                if not torch.compiler.is_compiling():
+                    return cffn_train(x, self)
         z = self.act(self.fc1(x))
         return self.fc2(self.dwconv(z) + z)
+
+    def extra_repr(self) -> str:
+        return f"fused={self.fused}, chunk_bytes={self.chunk_bytes}"
 
 
 class CFFNBlock(nn.Module):
@@ -50,6 +211,7 @@ class CFFNBlock(nn.Module):
         attn_layer: optional attention (name, callable ``channels -> nn.Module`` or None) applied to the
             CFFN branch before the residual add (the composition hook, e.g. a GC block).
         drop_path: stochastic depth rate.
+        fused_mlp: the CFFN's faster CPU paths.
     """
 
     def __init__(
@@ -59,10 +221,11 @@ class CFFNBlock(nn.Module):
         act_layer: Callable[[], nn.Module] = nn.GELU,
         attn_layer: AttnLayerSpec = None,
         drop_path: float = 0.0,
+        fused_mlp: bool = True,
     ) -> None:
         super().__init__()
         self.norm = nn.BatchNorm2d(dim)
-        self.mlp = CFFN(dim, int(dim * mlp_ratio), act_layer)
+        self.mlp = CFFN(dim, int(dim * mlp_ratio), act_layer, fused=fused_mlp)
         self.attn_hook: nn.Module = create_attn_layer(attn_layer, dim) or nn.Identity()
         self.drop_path: nn.Module = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 

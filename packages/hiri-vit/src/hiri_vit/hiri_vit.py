@@ -103,6 +103,8 @@ class HiriViT(nn.Module):
             of every block of ``attn_stages``, before the residual add (e.g. "gc" from gcnet, "se", "eca").
         attn_stages: 0-based stage indices (0..4) that get ``attn_layer``.
         fused_attn: ``F.scaled_dot_product_attention`` (True) or the plain attention formula.
+        fused_mlp: the CFFNs' faster CPU paths (:class:`~hiri_vit.cffn.CFFN`: chunked inference with GELU
+            in place, a training backward that reuses its buffers; same maths).
         channels_last: run in channels-last memory from the stem on (the same values; on CPU oneDNN's
             depthwise and 1x1 convolutions are about 1.6x faster that way, and the token stages use that
             layout anyway). Feature maps are still (B, C, H, W) tensors, with channels-last strides.
@@ -128,6 +130,7 @@ class HiriViT(nn.Module):
         attn_layer: AttnLayerSpec = None,
         attn_stages: Sequence[int] = (0, 1, 2, 3, 4),
         fused_attn: bool = True,
+        fused_mlp: bool = True,
         channels_last: bool = True,
     ) -> None:
         super().__init__()
@@ -178,11 +181,16 @@ class HiriViT(nn.Module):
                 if i < 2:
                     blocks.append(HRBlock(dim, **common))
                 elif i == 2:
-                    blocks.append(CFFNBlock(dim, **common))
+                    blocks.append(CFFNBlock(dim, fused_mlp=fused_mlp, **common))
                 else:
                     blocks.append(
                         TransformerBlock(
-                            dim, heads[i - 3], sr_ratio=srs[i - 3], fused_attn=fused_attn, **common
+                            dim,
+                            heads[i - 3],
+                            sr_ratio=srs[i - 3],
+                            fused_attn=fused_attn,
+                            fused_mlp=fused_mlp,
+                            **common,
                         )
                     )
             block_idx += depths[i]

@@ -105,6 +105,7 @@ class TransformerBlock(nn.Module):
             it sees a (B, C, H, W) map.
         drop_path: stochastic depth rate.
         fused_attn: ``F.scaled_dot_product_attention`` (True) or the plain formula.
+        fused_mlp: the CFFN's faster CPU paths (:class:`~hiri_vit.cffn.CFFN`).
     """
 
     def __init__(
@@ -117,12 +118,13 @@ class TransformerBlock(nn.Module):
         attn_layer: AttnLayerSpec = None,
         drop_path: float = 0.0,
         fused_attn: bool = True,
+        fused_mlp: bool = True,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = MultiHeadAttention(dim, num_heads, sr_ratio=sr_ratio, fused_attn=fused_attn)
         self.norm2 = nn.BatchNorm2d(dim)
-        self.mlp = CFFN(dim, int(dim * mlp_ratio), act_layer)
+        self.mlp = CFFN(dim, int(dim * mlp_ratio), act_layer, fused=fused_mlp)
         self.attn_hook: nn.Module = create_attn_layer(attn_layer, dim) or nn.Identity()
         self.drop_path1: nn.Module = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.drop_path2: nn.Module = DropPath(drop_path) if drop_path > 0 else nn.Identity()

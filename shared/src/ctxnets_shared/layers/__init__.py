@@ -10,15 +10,19 @@ from ctxnets_shared.layers.attn_registry import (
     reset_attn_layers,
     resolve_attn_layer,
 )
+from ctxnets_shared.layers.conv1x1_grad import conv1x1_backward, conv1x1_input_grad_into
 from ctxnets_shared.layers.conv_norm_act import ConvNormAct
-from ctxnets_shared.layers.tracing import is_traced
+from ctxnets_shared.layers.tracing import is_plain_cpu, is_traced
 
 __all__ = [
     "AttnLayerSpec",
     "ConvNormAct",
     "MultiHeadSelfAttention2d",
     "UnknownAttnLayerError",
+    "conv1x1_backward",
+    "conv1x1_input_grad_into",
     "create_attn_layer",
+    "is_plain_cpu",
     "is_traced",
     "list_attn_layers",
     "register_attn_layer",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["is_traced"]
+__all__ = ["is_plain_cpu", "is_traced"]
 
 
 def is_traced(x: torch.Tensor) -> bool:
@@ -20,3 +20,10 @@ def is_traced(x: torch.Tensor) -> bool:
         or isinstance(x, torch.fx.Proxy)
         or torch.compiler.is_exporting()
     )
+
+
+def is_plain_cpu(x: torch.Tensor) -> bool:
+    """True when ``x`` is a real CPU tensor (not traced, scripted or exported) and CPU autocast is off:
+    where a layer's fused eager CPU path may stand in for its plain ops."""
+    # the tracing checks come first: a traced x has no device to read
+    return not is_traced(x) and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")

@@ -1,0 +1,193 @@
+"""The CFFN's faster CPU paths (hiri_vit.cffn) against Eq. 3 run as written."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+import hiri_vit.cffn as cffn_module
+from hiri_vit.cffn import CFFN, cffn_chunked
+
+C, HIDDEN = 6, 20
+
+
+def _pair(approximate: str = "none", **kwargs) -> tuple[CFFN, CFFN]:
+    """A fused module and a plain one with the same float64 weights."""
+    torch.manual_seed(0)
+    act = lambda: nn.GELU(approximate=approximate)  # noqa: E731
+    fused = CFFN(C, HIDDEN, act, **kwargs).double()
+    plain = CFFN(C, HIDDEN, act, fused=False).double()
+    plain.load_state_dict(fused.state_dict())
+    return fused, plain
+
+
+def _x(*shape: int, channels_last: bool = False) -> torch.Tensor:
+    x = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _grads(module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor) -> list[torch.Tensor]:
+    x = x.detach().requires_grad_()
+    return list(torch.autograd.grad(module(x), [x, *module.parameters()], grad_out))
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_training_path_equals_autograd_through_eq3(channels_last, approximate):
+    fused, plain = _pair(approximate)
+    x = _x(3, C, 7, 5, channels_last=channels_last)
+    grad_out = _x(3, C, 7, 5)
+    torch.testing.assert_close(fused(x.requires_grad_()), plain(x), rtol=0, atol=1e-12)
+    for got, want in zip(_grads(fused, x, grad_out), _grads(plain, x, grad_out), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_training_path_gradcheck_with_and_without_biases():
+    x = _x(2, C, 4, 3).requires_grad_()
+    w1, b1 = _x(HIDDEN, C, 1, 1).requires_grad_(), _x(HIDDEN).requires_grad_()
+    wd, bd = _x(HIDDEN, 1, 3, 3).requires_grad_(), _x(HIDDEN).requires_grad_()
+    w2, b2 = _x(C, HIDDEN, 1, 1).requires_grad_(), _x(C).requires_grad_()
+    apply = cffn_module._CFFNFunction.apply
+    assert torch.autograd.gradcheck(lambda *a: apply(*a, "none"), (x, w1, b1, wd, bd, w2, b2))
+    assert torch.autograd.gradcheck(lambda *a: apply(*a, "none"), (x, w1, None, wd, None, w2, None))
+
+
+def test_second_backward_with_retain_graph_recomputes_the_overwritten_activations():
+    fused, plain = _pair()
+    x = _x(2, C, 5, 5).requires_grad_()
+    grad_out = _x(2, C, 5, 5)
+    y = fused(x)
+    first = torch.autograd.grad(y, [x, *fused.parameters()], grad_out, retain_graph=True)
+    second = torch.autograd.grad(y, [x, *fused.parameters()], grad_out)
+    for a, b, want in zip(first, second, _grads(plain, x, grad_out), strict=True):
+        torch.testing.assert_close(a, want, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(b, want, rtol=1e-10, atol=1e-12)
+
+
+def test_frozen_weights_with_trainable_biases_still_get_their_gradients():
+    fused, plain = _pair()
+    for module in (fused, plain):
+        for name, p in module.named_parameters():
+            p.requires_grad_(name.endswith("bias"))
+    x = _x(2, C, 4, 4)
+    fused(x).sum().backward()
+    plain(x).sum().backward()
+    for (name, p), q in zip(fused.named_parameters(), plain.parameters(), strict=True):
+        if name.endswith("bias"):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=name)
+        else:
+            assert p.grad is None
+
+
+@pytest.mark.parametrize(
+    "chunk_bytes",
+    [
+        10**9,  # the whole batch at once
+        HIDDEN * 7 * 5 * 8 * 2,  # two images at a time (3 -> 2 + 1)
+        1,  # one image at a time
+    ],
+)
+def test_inference_path_equals_eq3_and_leaves_the_input_alone(chunk_bytes):
+    fused, plain = _pair(chunk_bytes=chunk_bytes)
+    x = _x(3, C, 7, 5)
+    before = x.clone()
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), plain(x), rtol=0, atol=1e-12)
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x), plain(x), rtol=0, atol=1e-12)
+    assert torch.equal(x, before)
+
+
+def test_inference_chunks_bound_the_hidden_activation():
+    fused, _ = _pair()
+    seen: list[torch.Size] = []
+    fused.fc1.register_forward_hook(lambda _m, _i, out: seen.append(out.shape))
+    with torch.no_grad():
+        cffn_chunked(_x(5, C, 8, 6), fused, chunk_bytes=HIDDEN * 8 * 6 * 8 * 2)  # two images
+    assert seen == [torch.Size([2, HIDDEN, 8, 6])] * 2 + [torch.Size([1, HIDDEN, 8, 6])]
+
+
+def test_compiled_inference_with_chunks_equals_eq3():
+    fused, plain = _pair(chunk_bytes=HIDDEN * 5 * 6 * 8)
+    x = _x(2, C, 6, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(fused, backend="aot_eager")(x), plain(x), rtol=0, atol=1e-12)
+
+
+def test_bf16_autocast_trains_as_eq3_does():
+    fused, plain = _pair()
+    fused, plain = fused.float(), plain.float()
+    x = _x(2, C, 4, 4).float()
+    grad_out = _x(2, C, 4, 4).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = _grads(fused, x, grad_out), _grads(plain, x, grad_out)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+def test_other_activations_run_eq3_as_written(monkeypatch):
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("fused path taken for a non-GELU activation")
+
+    monkeypatch.setattr(cffn_module, "cffn_train", refuse)
+    monkeypatch.setattr(cffn_module, "cffn_chunked", refuse)
+    module = CFFN(C, HIDDEN, nn.ReLU).double()
+    x = _x(2, C, 4, 4).requires_grad_()
+    z = torch.relu(module.fc1(x))
+    torch.testing.assert_close(module(x), module.fc2(module.dwconv(z) + z))
+
+
+def test_bad_chunk_size_is_a_clear_error():
+    with pytest.raises(ValueError, match="chunk_bytes must be >= 1"):
+        CFFN(C, HIDDEN, chunk_bytes=0)
+
+
+@pytest.fixture(scope="module")
+def s_pair() -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    fused = timm.create_model("hiri_vit_s", num_classes=10).double()
+    plain = timm.create_model("hiri_vit_s", num_classes=10, fused_mlp=False).double()
+    plain.load_state_dict(fused.state_dict())
+    return fused, plain
+
+
+def test_hiri_vit_s_fused_and_plain_cffns_agree_float64(s_pair):
+    """The whole network: logits and every parameter gradient, with and without the faster CFFN paths."""
+    fused, plain = s_pair
+    x = _x(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fused.eval()(x), plain.eval()(x), rtol=0, atol=1e-10)
+    fused.train()
+    plain.train()
+    fused(x).square().sum().backward()
+    plain(x).square().sum().backward()
+    for (name, p), q in zip(fused.named_parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-8, atol=1e-10, msg=name)
+
+
+def test_hiri_vit_s_training_takes_the_buffer_path_in_every_cffn(monkeypatch, s_pair):
+    """Stage 3 is NCHW-strided channels-last, stages 4-5 a permuted token view: both reach the buffers."""
+    written: list[bool] = []
+    real = cffn_module.conv1x1_input_grad_into
+
+    def spy(grad, weight, buffer):
+        out = real(grad, weight, buffer)
+        written.append(out is not None)
+        return out
+
+    monkeypatch.setattr(cffn_module, "conv1x1_input_grad_into", spy)
+    fused, _ = s_pair
+    fused.train()(_x(2, 3, 64, 64)).sum().backward()
+    assert written == [True] * (2 + 9 + 4)  # hiri_vit_s depths (2, 2, 2, 9, 4): stages 3-5 have CFFNs
+
+
+def test_gelu_modules_of_torch_and_timm_take_the_fused_paths():
+    from timm.layers import get_act_layer
+
+    assert cffn_module.gelu_approximation(get_act_layer("gelu")()) == "none"
+    assert cffn_module.gelu_approximation(get_act_layer("gelu_tanh")()) == "tanh"
+    assert cffn_module.gelu_approximation(nn.GELU(approximate="tanh")) == "tanh"
+    assert cffn_module.gelu_approximation(nn.SiLU()) is None
