@@ -7,8 +7,9 @@ activations of stages 3-5. On CPU every fresh tensor of that size costs page fau
 
 - inference runs a few images at a time, at most ``chunk_bytes`` of hidden activation each, with GELU and
   the residual add in place;
-- training uses :class:`_CFFNFunction`, whose backward writes each gradient into a saved activation's buffer
-  once that activation has been read, so only the depthwise convolution's input gradient is allocated.
+- training uses :class:`_CFFNFunction`, which keeps only ``h`` for backward (the tensors a training step
+  holds until its backward are the ones that come back as fresh pages every step) and recomputes ``z`` and
+  ``DWConv(z) + z`` there, two cheap ops, into buffers that then take the gradients.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ def _dwconv(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
 
 
 class _CFFNFunction(torch.autograd.Function):
-    """(x, W1, b1, Wd, bd, W2, b2) -> ``W2 * (DWConv(z) + z) + b2``, ``z = GELU(W1 * x + b1)``, with a
-    backward that reuses the saved activations' buffers."""
+    """(x, W1, b1, Wd, bd, W2, b2) -> ``W2 * (DWConv(z) + z) + b2``, ``z = GELU(W1 * x + b1)``, keeping only
+    ``h = W1 * x + b1`` for a backward that recomputes the rest into the buffers its gradients reuse."""
 
     @staticmethod
     def forward(
@@ -70,13 +71,13 @@ class _CFFNFunction(torch.autograd.Function):
     ) -> torch.Tensor:
         h = F.conv2d(x, w1, b1)
         z = F.gelu(h, approximate=approximate)
-        s = _dwconv(z, wd, bd).add_(z)
+        out = F.conv2d(_dwconv(z, wd, bd).add_(z), w2, b2)
         ctx.save_for_backward(x, w1, b1, wd, bd, w2)
-        # intermediates live on ctx (not saved_tensors) because backward overwrites them
-        ctx.hidden = (h, z, s)
+        # h lives on ctx (not saved_tensors) because backward overwrites it with dL/dh
+        ctx.h = h
         ctx.has_bias = (b1 is not None, bd is not None, b2 is not None)
         ctx.approximate = approximate
-        return F.conv2d(s, w2, b2)
+        return out
 
     @staticmethod
     @once_differentiable
@@ -84,15 +85,13 @@ class _CFFNFunction(torch.autograd.Function):
         x, w1, b1, wd, bd, w2 = ctx.saved_tensors
         need_x, need_w1, need_b1, need_wd, need_bd, need_w2, need_b2, _ = ctx.needs_input_grad
         has_b1, has_bd, has_b2 = ctx.has_bias
-        if ctx.hidden is None:  # a second backward (retain_graph=True): the first one overwrote them
-            h = F.conv2d(x, w1, b1)
-            z = F.gelu(h, approximate=ctx.approximate)
-            s = _dwconv(z, wd, bd).add_(z)
-        else:
-            h, z, s = ctx.hidden
-            ctx.hidden = None
+        # a second backward (retain_graph=True) finds h overwritten by the first one's dL/dh
+        h = F.conv2d(x, w1, b1) if ctx.h is None else ctx.h
+        ctx.h = None
+        z = F.gelu(h, approximate=ctx.approximate)
+        s = _dwconv(z, wd, bd).add_(z)
         _, grad_w2, grad_b2 = conv1x1_backward(grad, s, w2, [False, need_w2, need_b2 and has_b2])
-        # s, z and h are ours (made in forward, never returned), so once read they can hold gradients
+        # s and h are ours (never returned), so once read they can hold gradients
         grad_s = conv1x1_input_grad_into(grad, w2, s)
         if grad_s is None:
             grad_s = conv1x1_backward(grad, s, w2, [True, False, False])[0]
@@ -114,8 +113,8 @@ class _CFFNFunction(torch.autograd.Function):
 
 
 def cffn_train(x: torch.Tensor, cffn: CFFN) -> torch.Tensor:
-    """``CFFN(x)`` (GELU) for training: (B, C, H, W) -> (B, C, H, W), with a backward that allocates one
-    hidden-width tensor instead of four."""
+    """``CFFN(x)`` (GELU) for training: (B, C, H, W) -> (B, C, H, W), holding one hidden-width tensor for
+    backward instead of three."""
     approximate = gelu_approximation(cffn.act)
     if approximate is None:
         raise TypeError(f"cffn_train needs a GELU activation, got {type(cffn.act).__name__}")
