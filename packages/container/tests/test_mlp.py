@@ -7,6 +7,13 @@ import timm
 import torch
 
 from container.mlp import ConvMlp, conv_mlp_chunked, conv_mlp_train
+from ctxnets_shared.testing.fused import (
+    assert_autocast_bf16_grads_match,
+    assert_inference_matches,
+    assert_retain_graph_backward_matches,
+    assert_training_matches,
+    float64_input,
+)
 
 C, HIDDEN = 6, 24
 
@@ -20,24 +27,12 @@ def _pair(**kwargs) -> tuple[ConvMlp, ConvMlp]:
     return fused, plain
 
 
-def _x(*shape: int, channels_last: bool = False) -> torch.Tensor:
-    x = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-def _grads(module: ConvMlp, x: torch.Tensor, grad_out: torch.Tensor) -> list[torch.Tensor]:
-    x = x.detach().requires_grad_()
-    return list(torch.autograd.grad(module(x), [x, *module.parameters()], grad_out))
-
-
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_training_path_equals_autograd_through_the_layers(channels_last):
     fused, plain = _pair()
-    x = _x(3, C, 7, 5, channels_last=channels_last)
-    grad_out = _x(3, C, 7, 5)
-    torch.testing.assert_close(fused(x.requires_grad_()), plain(x), rtol=0, atol=1e-12)
-    for got, want in zip(_grads(fused, x, grad_out), _grads(plain, x, grad_out), strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    x = float64_input(3, C, 7, 5, channels_last=channels_last)
+    grad_out = float64_input(3, C, 7, 5)
+    assert_training_matches(fused, plain, x, grad_out)
 
 
 def test_a_trainable_bias_alone_still_gets_its_gradient():
@@ -45,7 +40,7 @@ def test_a_trainable_bias_alone_still_gets_its_gradient():
     for module in (fused, plain):
         module.fc1.weight.requires_grad_(False)
         module.fc2.weight.requires_grad_(False)
-    x = _x(2, C, 4, 4)
+    x = float64_input(2, C, 4, 4)
     fused(x).sum().backward()
     plain(x).sum().backward()
     assert fused.fc1.bias.grad is not None
@@ -54,25 +49,20 @@ def test_a_trainable_bias_alone_still_gets_its_gradient():
 
 
 def test_training_path_gradcheck_with_and_without_bias():
-    x = _x(2, C, 4, 3).requires_grad_()
-    w1 = _x(HIDDEN, C, 1, 1).requires_grad_()
-    b1 = _x(HIDDEN).requires_grad_()
-    w2 = _x(C, HIDDEN, 1, 1).requires_grad_()
-    b2 = _x(C).requires_grad_()
+    x = float64_input(2, C, 4, 3).requires_grad_()
+    w1 = float64_input(HIDDEN, C, 1, 1).requires_grad_()
+    b1 = float64_input(HIDDEN).requires_grad_()
+    w2 = float64_input(C, HIDDEN, 1, 1).requires_grad_()
+    b2 = float64_input(C).requires_grad_()
     assert torch.autograd.gradcheck(conv_mlp_train, (x, w1, b1, w2, b2))
     assert torch.autograd.gradcheck(conv_mlp_train, (x, w1, None, w2, None))
 
 
 def test_second_backward_with_retain_graph_recomputes_the_overwritten_activations():
     fused, plain = _pair()
-    x = _x(2, C, 5, 5).requires_grad_()
-    grad_out = _x(2, C, 5, 5)
-    y = fused(x)
-    first = torch.autograd.grad(y, [x, *fused.parameters()], grad_out, retain_graph=True)
-    second = torch.autograd.grad(y, [x, *fused.parameters()], grad_out)
-    for a, b, want in zip(first, second, _grads(plain, x, grad_out), strict=True):
-        torch.testing.assert_close(a, want, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(b, want, rtol=1e-10, atol=1e-12)
+    assert_retain_graph_backward_matches(
+        fused, plain, float64_input(2, C, 5, 5), float64_input(2, C, 5, 5, seed=2)
+    )
 
 
 @pytest.mark.parametrize(
@@ -86,20 +76,14 @@ def test_second_backward_with_retain_graph_recomputes_the_overwritten_activation
 )
 def test_inference_path_equals_the_layers_and_leaves_the_input_alone(chunk_bytes):
     fused, plain = _pair(chunk_bytes=chunk_bytes)
-    x = _x(3, C, 7, 5)
-    before = x.clone()
-    with torch.no_grad():
-        torch.testing.assert_close(fused(x), plain(x), rtol=0, atol=1e-12)
-    with torch.inference_mode():
-        torch.testing.assert_close(fused(x), plain(x), rtol=0, atol=1e-12)
-    assert torch.equal(x, before)
+    assert_inference_matches(fused, plain, float64_input(3, C, 7, 5))
 
 
 def test_inference_chunks_bound_the_hidden_activation():
     fused, _ = _pair()
     seen: list[torch.Size] = []
     fused.fc1.register_forward_hook(lambda _m, _i, out: seen.append(out.shape))
-    x = _x(4, C, 8, 6)
+    x = float64_input(4, C, 8, 6)
     with torch.no_grad():
         conv_mlp_chunked(x, fused.fc1, fused.fc2, chunk_bytes=HIDDEN * 8 * 6 * 8 * 2)  # two images
         assert seen == [torch.Size([2, HIDDEN, 8, 6])] * 2
@@ -110,21 +94,16 @@ def test_inference_chunks_bound_the_hidden_activation():
 
 def test_compiled_inference_with_chunks_equals_the_layers():
     fused, plain = _pair(chunk_bytes=HIDDEN * 5 * 8 * 2)
-    x = _x(2, C, 6, 5)
+    x = float64_input(2, C, 6, 5)
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(fused, backend="aot_eager")(x), plain(x), rtol=0, atol=1e-12)
 
 
 def test_bf16_autocast_trains_as_the_layers_do():
     fused, plain = _pair()
-    fused, plain = fused.float(), plain.float()
-    x = _x(2, C, 4, 4).float()
-    grad_out = _x(2, C, 4, 4).to(torch.bfloat16)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        got, want = _grads(fused, x, grad_out), _grads(plain, x, grad_out)
-    for g, w in zip(got, want, strict=True):
-        assert g.dtype == torch.float32
-        torch.testing.assert_close(g, w, rtol=0, atol=0)
+    assert_autocast_bf16_grads_match(
+        fused, plain, float64_input(2, C, 4, 4), float64_input(2, C, 4, 4, seed=2)
+    )
 
 
 def test_bad_chunk_size_is_a_clear_error():
@@ -138,7 +117,7 @@ def test_container_model_fused_and_plain_mlps_agree_float64():
     fused = timm.create_model("container_v1_light", num_classes=10).double()
     plain = timm.create_model("container_v1_light", num_classes=10, fused_mlp=False).double()
     plain.load_state_dict(fused.state_dict())
-    x = _x(2, 3, 64, 64)
+    x = float64_input(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(fused.eval()(x), plain.eval()(x), rtol=0, atol=1e-10)
     fused.train()

@@ -8,6 +8,13 @@ import torch
 import torch.nn as nn
 
 import hiri_vit.cffn as cffn_module
+from ctxnets_shared.testing.fused import (
+    assert_autocast_bf16_grads_match,
+    assert_inference_matches,
+    assert_retain_graph_backward_matches,
+    assert_training_matches,
+    float64_input,
+)
 from hiri_vit.cffn import CFFN, cffn_chunked
 
 C, HIDDEN = 6, 20
@@ -23,32 +30,20 @@ def _pair(approximate: str = "none", **kwargs) -> tuple[CFFN, CFFN]:
     return fused, plain
 
 
-def _x(*shape: int, channels_last: bool = False) -> torch.Tensor:
-    x = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-def _grads(module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor) -> list[torch.Tensor]:
-    x = x.detach().requires_grad_()
-    return list(torch.autograd.grad(module(x), [x, *module.parameters()], grad_out))
-
-
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_training_path_equals_autograd_through_eq3(channels_last, approximate):
     fused, plain = _pair(approximate)
-    x = _x(3, C, 7, 5, channels_last=channels_last)
-    grad_out = _x(3, C, 7, 5)
-    torch.testing.assert_close(fused(x.requires_grad_()), plain(x), rtol=0, atol=1e-12)
-    for got, want in zip(_grads(fused, x, grad_out), _grads(plain, x, grad_out), strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    x = float64_input(3, C, 7, 5, channels_last=channels_last)
+    grad_out = float64_input(3, C, 7, 5)
+    assert_training_matches(fused, plain, x, grad_out)
 
 
 def test_training_path_gradcheck_with_and_without_biases():
-    x = _x(2, C, 4, 3).requires_grad_()
-    w1, b1 = _x(HIDDEN, C, 1, 1).requires_grad_(), _x(HIDDEN).requires_grad_()
-    wd, bd = _x(HIDDEN, 1, 3, 3).requires_grad_(), _x(HIDDEN).requires_grad_()
-    w2, b2 = _x(C, HIDDEN, 1, 1).requires_grad_(), _x(C).requires_grad_()
+    x = float64_input(2, C, 4, 3).requires_grad_()
+    w1, b1 = float64_input(HIDDEN, C, 1, 1).requires_grad_(), float64_input(HIDDEN).requires_grad_()
+    wd, bd = float64_input(HIDDEN, 1, 3, 3).requires_grad_(), float64_input(HIDDEN).requires_grad_()
+    w2, b2 = float64_input(C, HIDDEN, 1, 1).requires_grad_(), float64_input(C).requires_grad_()
     apply = cffn_module._CFFNFunction.apply
     assert torch.autograd.gradcheck(lambda *a: apply(*a, "none"), (x, w1, b1, wd, bd, w2, b2))
     assert torch.autograd.gradcheck(lambda *a: apply(*a, "none"), (x, w1, None, wd, None, w2, None))
@@ -56,14 +51,9 @@ def test_training_path_gradcheck_with_and_without_biases():
 
 def test_second_backward_with_retain_graph_recomputes_the_overwritten_activations():
     fused, plain = _pair()
-    x = _x(2, C, 5, 5).requires_grad_()
-    grad_out = _x(2, C, 5, 5)
-    y = fused(x)
-    first = torch.autograd.grad(y, [x, *fused.parameters()], grad_out, retain_graph=True)
-    second = torch.autograd.grad(y, [x, *fused.parameters()], grad_out)
-    for a, b, want in zip(first, second, _grads(plain, x, grad_out), strict=True):
-        torch.testing.assert_close(a, want, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(b, want, rtol=1e-10, atol=1e-12)
+    assert_retain_graph_backward_matches(
+        fused, plain, float64_input(2, C, 5, 5), float64_input(2, C, 5, 5, seed=2)
+    )
 
 
 def test_frozen_weights_with_trainable_biases_still_get_their_gradients():
@@ -71,7 +61,7 @@ def test_frozen_weights_with_trainable_biases_still_get_their_gradients():
     for module in (fused, plain):
         for name, p in module.named_parameters():
             p.requires_grad_(name.endswith("bias"))
-    x = _x(2, C, 4, 4)
+    x = float64_input(2, C, 4, 4)
     fused(x).sum().backward()
     plain(x).sum().backward()
     for (name, p), q in zip(fused.named_parameters(), plain.parameters(), strict=True):
@@ -91,13 +81,7 @@ def test_frozen_weights_with_trainable_biases_still_get_their_gradients():
 )
 def test_inference_path_equals_eq3_and_leaves_the_input_alone(chunk_bytes):
     fused, plain = _pair(chunk_bytes=chunk_bytes)
-    x = _x(3, C, 7, 5)
-    before = x.clone()
-    with torch.no_grad():
-        torch.testing.assert_close(fused(x), plain(x), rtol=0, atol=1e-12)
-    with torch.inference_mode():
-        torch.testing.assert_close(fused(x), plain(x), rtol=0, atol=1e-12)
-    assert torch.equal(x, before)
+    assert_inference_matches(fused, plain, float64_input(3, C, 7, 5))
 
 
 def test_inference_chunks_bound_the_hidden_activation():
@@ -105,27 +89,22 @@ def test_inference_chunks_bound_the_hidden_activation():
     seen: list[torch.Size] = []
     fused.fc1.register_forward_hook(lambda _m, _i, out: seen.append(out.shape))
     with torch.no_grad():
-        cffn_chunked(_x(5, C, 8, 6), fused, chunk_bytes=HIDDEN * 8 * 6 * 8 * 2)  # two images
+        cffn_chunked(float64_input(5, C, 8, 6), fused, chunk_bytes=HIDDEN * 8 * 6 * 8 * 2)  # two images
     assert seen == [torch.Size([2, HIDDEN, 8, 6])] * 2 + [torch.Size([1, HIDDEN, 8, 6])]
 
 
 def test_compiled_inference_with_chunks_equals_eq3():
     fused, plain = _pair(chunk_bytes=HIDDEN * 5 * 6 * 8)
-    x = _x(2, C, 6, 5)
+    x = float64_input(2, C, 6, 5)
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(fused, backend="aot_eager")(x), plain(x), rtol=0, atol=1e-12)
 
 
 def test_bf16_autocast_trains_as_eq3_does():
     fused, plain = _pair()
-    fused, plain = fused.float(), plain.float()
-    x = _x(2, C, 4, 4).float()
-    grad_out = _x(2, C, 4, 4).to(torch.bfloat16)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        got, want = _grads(fused, x, grad_out), _grads(plain, x, grad_out)
-    for g, w in zip(got, want, strict=True):
-        assert g.dtype == torch.float32
-        torch.testing.assert_close(g, w, rtol=0, atol=0)
+    assert_autocast_bf16_grads_match(
+        fused, plain, float64_input(2, C, 4, 4), float64_input(2, C, 4, 4, seed=2)
+    )
 
 
 def test_other_activations_run_eq3_as_written(monkeypatch):
@@ -135,7 +114,7 @@ def test_other_activations_run_eq3_as_written(monkeypatch):
     monkeypatch.setattr(cffn_module, "cffn_train", refuse)
     monkeypatch.setattr(cffn_module, "cffn_chunked", refuse)
     module = CFFN(C, HIDDEN, nn.ReLU).double()
-    x = _x(2, C, 4, 4).requires_grad_()
+    x = float64_input(2, C, 4, 4).requires_grad_()
     z = torch.relu(module.fc1(x))
     torch.testing.assert_close(module(x), module.fc2(module.dwconv(z) + z))
 
@@ -157,7 +136,7 @@ def s_pair() -> tuple[nn.Module, nn.Module]:
 def test_hiri_vit_s_fused_and_plain_cffns_agree_float64(s_pair):
     """The whole network: logits and every parameter gradient, with and without the faster CFFN paths."""
     fused, plain = s_pair
-    x = _x(2, 3, 64, 64)
+    x = float64_input(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(fused.eval()(x), plain.eval()(x), rtol=0, atol=1e-10)
     fused.train()
@@ -180,7 +159,7 @@ def test_hiri_vit_s_training_takes_the_buffer_path_in_every_cffn(monkeypatch, s_
 
     monkeypatch.setattr(cffn_module, "conv1x1_input_grad_into", spy)
     fused, _ = s_pair
-    fused.train()(_x(2, 3, 64, 64)).sum().backward()
+    fused.train()(float64_input(2, 3, 64, 64)).sum().backward()
     assert written == [True] * (2 + 9 + 4)  # hiri_vit_s depths (2, 2, 2, 9, 4): stages 3-5 have CFFNs
 
 
