@@ -10,9 +10,9 @@ allocations:
 - inference computes the hidden activation a few images (or rows) at a time, at most ``chunk_bytes``
   of it at once, and applies GELU in place, so every buffer is small enough to be reused and peak
   memory falls too (the chunked feed-forward of Reformer, Kitaev et al. 2020, Sec. 3);
-- training uses :class:`_ConvMlpFunction`, whose backward writes ``dL/da`` into the saved GELU output's
-  buffer and ``dL/dh`` into the saved pre-activation's, once each has been used: no large allocation in
-  backward.
+- training uses :class:`_ConvMlpFunction`, which keeps only the pre-activation ``h`` for backward (what a
+  step holds until its backward comes back as fresh pages every step), recomputes ``a = GELU(h)`` there,
+  and writes ``dL/da`` into ``a``'s buffer and ``dL/dh`` into ``h``'s once each has been read.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ DEFAULT_CHUNK_BYTES = 16 * 2**20
 
 
 class _ConvMlpFunction(torch.autograd.Function):
-    """(x, W1, b1, W2, b2) -> ``W2 * GELU(W1 * x + b1) + b2``, reusing the saved activations' buffers."""
+    """(x, W1, b1, W2, b2) -> ``W2 * GELU(W1 * x + b1) + b2``, keeping only ``h = W1 * x + b1`` for a
+    backward that recomputes ``GELU(h)`` into the buffer its gradient then reuses."""
 
     @staticmethod
     def forward(
@@ -45,26 +46,24 @@ class _ConvMlpFunction(torch.autograd.Function):
         b2: torch.Tensor | None,
     ) -> torch.Tensor:
         h = F.conv2d(x, w1, b1)
-        a = F.gelu(h)
+        out = F.conv2d(F.gelu(h), w2, b2)
         ctx.save_for_backward(x, w1, b1, w2)
-        # intermediates live on ctx (not saved_tensors) because backward overwrites them
-        ctx.hidden = (h, a)
+        # h lives on ctx (not saved_tensors) because backward overwrites it with dL/dh
+        ctx.h = h
         ctx.has_bias = (b1 is not None, b2 is not None)
-        return F.conv2d(a, w2, b2)
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, w1, b1, w2 = ctx.saved_tensors
         need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad
-        if ctx.hidden is None:  # a second backward (retain_graph=True): the first one overwrote h and a
-            h = F.conv2d(x, w1, b1)
-            a = F.gelu(h)
-        else:
-            h, a = ctx.hidden
-            ctx.hidden = None
+        # a second backward (retain_graph=True) finds h overwritten by the first one's dL/dh
+        h = F.conv2d(x, w1, b1) if ctx.h is None else ctx.h
+        ctx.h = None
+        a = F.gelu(h)
         _, grad_w2, grad_b2 = conv1x1_backward(grad, a, w2, [False, need_w2, need_b2 and ctx.has_bias[1]])
-        # a and h are ours (made in forward, never returned), so once read they can hold the gradients
+        # a and h are ours (never returned), so once read they can hold the gradients
         grad_a = conv1x1_input_grad_into(grad, w2, a) if h.stride() == a.stride() else None
         if grad_a is not None:
             grad_h = torch.ops.aten.gelu_backward.grad_input(grad_a, h, grad_input=h)
@@ -84,8 +83,8 @@ def conv_mlp_train(
     w2: torch.Tensor,
     b2: torch.Tensor | None,
 ) -> torch.Tensor:
-    """``fc2(GELU(fc1(x)))`` for training: (B, C, H, W) -> (B, C_out, H, W), a backward that allocates
-    no hidden-size tensor.
+    """``fc2(GELU(fc1(x)))`` for training: (B, C, H, W) -> (B, C_out, H, W), holding one hidden-size tensor
+    for backward instead of two.
 
     Args:
         x: input map.
