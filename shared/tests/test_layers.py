@@ -143,3 +143,18 @@ def test_is_plain_cpu_only_for_untraced_cpu_tensors_without_autocast() -> None:
     torch.fx.symbolic_trace(Probe())
     torch.jit.trace(Probe(), (x,), check_trace=False)
     assert seen == [False, False]
+
+
+def test_fused_cpu_path_picks_inference_training_or_none() -> None:
+    from ctxnets_shared.layers import fused_cpu_path
+
+    layer = nn.Conv2d(2, 2, 1)
+    x = torch.randn(1, 2, 3, 3)
+    assert fused_cpu_path(x, layer) == "training"  # trainable parameters
+    with torch.no_grad():
+        assert fused_cpu_path(x, layer) == "inference"
+    layer.requires_grad_(False)
+    assert fused_cpu_path(x, layer) == "inference"
+    assert fused_cpu_path(x.requires_grad_(), layer) == "training"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fused_cpu_path(x, layer) is None

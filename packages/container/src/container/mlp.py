@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from ctxnets_shared.layers import conv1x1_backward, conv1x1_input_grad_into, is_plain_cpu
+from ctxnets_shared.layers import conv1x1_backward, conv1x1_input_grad_into, fused_cpu_path
 
 __all__ = ["ConvMlp", "conv_mlp_chunked", "conv_mlp_train"]
 
@@ -63,11 +63,12 @@ class _ConvMlpFunction(torch.autograd.Function):
         ctx.h = None
         a = F.gelu(h)
         _, grad_w2, grad_b2 = conv1x1_backward(grad, a, w2, [False, need_w2, need_b2 and ctx.has_bias[1]])
-        # a and h are ours (never returned), so once read they can hold the gradients
-        grad_a = conv1x1_input_grad_into(grad, w2, a) if h.stride() == a.stride() else None
+        # a and h are ours (never returned), so once read they can hold the gradients; GELU keeps h's
+        # strides, so dL/da in a's buffer matches h for the in-place gelu_backward
+        grad_a = conv1x1_input_grad_into(grad, w2, a)
         if grad_a is not None:
             grad_h = torch.ops.aten.gelu_backward.grad_input(grad_a, h, grad_input=h)
-        else:  # other strides: plain allocations
+        else:  # neither NCHW nor channels-last: plain allocations
             grad_a = conv1x1_backward(grad, a, w2, [True, False, False])[0]
             grad_h = torch.ops.aten.gelu_backward(grad_a, h)
         grad_x, grad_w1, grad_b1 = conv1x1_backward(
@@ -148,15 +149,12 @@ class ConvMlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C_out, H, W)."""
-        if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
-            if self.fused and is_plain_cpu(x):
-                needs_grad = torch.is_grad_enabled() and (
-                    x.requires_grad or any(p.requires_grad for p in self.parameters())
-                )
-                if not needs_grad:
-                    return conv_mlp_chunked(x, self.fc1, self.fc2, self.chunk_bytes)
-                if not torch.compiler.is_compiling():
-                    return conv_mlp_train(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+        if not torch.jit.is_scripting():
+            path = fused_cpu_path(x, self) if self.fused else None
+            if path == "inference":
+                return conv_mlp_chunked(x, self.fc1, self.fc2, self.chunk_bytes)
+            if path == "training":
+                return conv_mlp_train(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
         return self.fc2(self.act(self.fc1(x)))
 
     def extra_repr(self) -> str:

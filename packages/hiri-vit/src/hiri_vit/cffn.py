@@ -29,7 +29,7 @@ from ctxnets_shared.layers import (
     conv1x1_backward,
     conv1x1_input_grad_into,
     create_attn_layer,
-    is_plain_cpu,
+    fused_cpu_path,
 )
 
 __all__ = ["CFFN", "CFFNBlock", "cffn_chunked", "cffn_train", "gelu_approximation"]
@@ -184,15 +184,13 @@ class CFFN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
-        if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
-            if self.fused and gelu_approximation(self.act) is not None and is_plain_cpu(x):
-                needs_grad = torch.is_grad_enabled() and (
-                    x.requires_grad or any(p.requires_grad for p in self.parameters())
-                )
-                if not needs_grad:
-                    return cffn_chunked(x, self, self.chunk_bytes)
-                if not torch.compiler.is_compiling():
-                    return cffn_train(x, self)
+        if not torch.jit.is_scripting():
+            fusable = self.fused and gelu_approximation(self.act) is not None
+            path = fused_cpu_path(x, self) if fusable else None
+            if path == "inference":
+                return cffn_chunked(x, self, self.chunk_bytes)
+            if path == "training":
+                return cffn_train(x, self)
         z = self.act(self.fc1(x))
         return self.fc2(self.dwconv(z) + z)
 

@@ -12,7 +12,7 @@ from ctxnets_shared.layers.attn_registry import (
 )
 from ctxnets_shared.layers.conv1x1_grad import conv1x1_backward, conv1x1_input_grad_into
 from ctxnets_shared.layers.conv_norm_act import ConvNormAct
-from ctxnets_shared.layers.tracing import is_plain_cpu, is_traced
+from ctxnets_shared.layers.tracing import fused_cpu_path, is_plain_cpu, is_traced
 
 __all__ = [
     "AttnLayerSpec",
@@ -22,6 +22,7 @@ __all__ = [
     "conv1x1_backward",
     "conv1x1_input_grad_into",
     "create_attn_layer",
+    "fused_cpu_path",
     "is_plain_cpu",
     "is_traced",
     "list_attn_layers",

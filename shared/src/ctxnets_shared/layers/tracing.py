@@ -4,8 +4,9 @@ give way to the plain ops that tracers and exporters record."""
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 
-__all__ = ["is_plain_cpu", "is_traced"]
+__all__ = ["fused_cpu_path", "is_plain_cpu", "is_traced"]
 
 
 def is_traced(x: torch.Tensor) -> bool:
@@ -27,3 +28,17 @@ def is_plain_cpu(x: torch.Tensor) -> bool:
     where a layer's fused eager CPU path may stand in for its plain ops."""
     # the tracing checks come first: a traced x has no device to read
     return not is_traced(x) and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+
+
+def fused_cpu_path(x: torch.Tensor, module: nn.Module) -> str | None:
+    """Which fused CPU path ``module`` may take for ``x``: ``"inference"`` when no gradient is needed
+    (eager or under ``torch.compile``), ``"training"`` in eager autograd, None for the plain ops (tracing,
+    export, compiled training, another device, autocast)."""
+    if not is_plain_cpu(x):
+        return None
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or any(p.requires_grad for p in module.parameters())
+    )
+    if not needs_grad:
+        return "inference"
+    return None if torch.compiler.is_compiling() else "training"
