@@ -13,6 +13,7 @@ from ctxnets_shared.testing.fused import (
     assert_retain_graph_backward_matches,
     assert_training_matches,
     float64_input,
+    input_and_param_grads,
 )
 
 C, HIDDEN = 6, 24
@@ -28,8 +29,9 @@ def _pair(**kwargs) -> tuple[ConvMlp, ConvMlp]:
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_training_path_equals_autograd_through_the_layers(channels_last):
-    fused, plain = _pair()
+@pytest.mark.parametrize("chunk_bytes", [10**9, HIDDEN * 7 * 5 * 8 * 2])  # whole batch; 2 + 1 images
+def test_training_path_equals_autograd_through_the_layers(channels_last, chunk_bytes):
+    fused, plain = _pair(chunk_bytes=chunk_bytes)
     x = float64_input(3, C, 7, 5, channels_last=channels_last)
     grad_out = float64_input(3, C, 7, 5)
     assert_training_matches(fused, plain, x, grad_out)
@@ -54,15 +56,45 @@ def test_training_path_gradcheck_with_and_without_bias():
     b1 = float64_input(HIDDEN).requires_grad_()
     w2 = float64_input(C, HIDDEN, 1, 1).requires_grad_()
     b2 = float64_input(C).requires_grad_()
-    assert torch.autograd.gradcheck(conv_mlp_train, (x, w1, b1, w2, b2))
-    assert torch.autograd.gradcheck(conv_mlp_train, (x, w1, None, w2, None))
+    for chunk_bytes in (10**9, 1):  # the whole batch; one image at a time
+        run = lambda *a, n=chunk_bytes: conv_mlp_train(*a, chunk_bytes=n)  # noqa: E731
+        assert torch.autograd.gradcheck(run, (x, w1, b1, w2, b2))
+        assert torch.autograd.gradcheck(run, (x, w1, None, w2, None))
 
 
-def test_second_backward_with_retain_graph_recomputes_the_overwritten_activations():
-    fused, plain = _pair()
+@pytest.mark.parametrize("chunk_bytes", [10**9, 1])
+def test_second_backward_with_retain_graph_recomputes_the_overwritten_activations(chunk_bytes):
+    fused, plain = _pair(chunk_bytes=chunk_bytes)
     assert_retain_graph_backward_matches(
         fused, plain, float64_input(2, C, 5, 5), float64_input(2, C, 5, 5, seed=2)
     )
+
+
+def test_training_keeps_one_hidden_tensor_per_chunk():
+    fused, _ = _pair(chunk_bytes=HIDDEN * 8 * 6 * 8 * 2)  # two images
+    y = fused(float64_input(5, C, 8, 6).requires_grad_())
+    assert [h.shape for h in y.grad_fn.hs] == [torch.Size([2, HIDDEN, 8, 6])] * 2 + [
+        torch.Size([1, HIDDEN, 8, 6])
+    ]
+
+
+def test_compiled_training_runs_the_fused_function_and_equals_the_layers(monkeypatch):
+    """Under torch.compile the training Function runs eagerly (a graph break), with the same gradients."""
+    import container.mlp as mlp
+
+    calls: list[int] = []
+    real = mlp._ConvMlpFunction.apply
+    monkeypatch.setattr(mlp._ConvMlpFunction, "apply", lambda *a: calls.append(1) or real(*a))
+    fused, plain = _pair(chunk_bytes=HIDDEN * 5 * 6 * 8)
+    x, grad_out = float64_input(2, C, 6, 5), float64_input(2, C, 6, 5, seed=2)
+    torch._dynamo.reset()
+    try:
+        got = input_and_param_grads(torch.compile(fused, backend="aot_eager"), x, grad_out)
+    finally:
+        torch._dynamo.reset()
+    assert calls, "the compiled model did not run the training Function"
+    for g, w in zip(got, input_and_param_grads(plain, x, grad_out), strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from ctxnets_shared.testing.fused import (
     assert_retain_graph_backward_matches,
     assert_training_matches,
     float64_input,
+    input_and_param_grads,
 )
 from hiri_vit.cffn import CFFN, cffn_chunked
 
@@ -32,8 +33,9 @@ def _pair(approximate: str = "none", **kwargs) -> tuple[CFFN, CFFN]:
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_training_path_equals_autograd_through_eq3(channels_last, approximate):
-    fused, plain = _pair(approximate)
+@pytest.mark.parametrize("chunk_bytes", [10**9, HIDDEN * 7 * 5 * 8 * 2])  # whole batch; 2 + 1 images
+def test_training_path_equals_autograd_through_eq3(channels_last, approximate, chunk_bytes):
+    fused, plain = _pair(approximate, chunk_bytes=chunk_bytes)
     x = float64_input(3, C, 7, 5, channels_last=channels_last)
     grad_out = float64_input(3, C, 7, 5)
     assert_training_matches(fused, plain, x, grad_out)
@@ -45,15 +47,44 @@ def test_training_path_gradcheck_with_and_without_biases():
     wd, bd = float64_input(HIDDEN, 1, 3, 3).requires_grad_(), float64_input(HIDDEN).requires_grad_()
     w2, b2 = float64_input(C, HIDDEN, 1, 1).requires_grad_(), float64_input(C).requires_grad_()
     apply = cffn_module._CFFNFunction.apply
-    assert torch.autograd.gradcheck(lambda *a: apply(*a, "none"), (x, w1, b1, wd, bd, w2, b2))
-    assert torch.autograd.gradcheck(lambda *a: apply(*a, "none"), (x, w1, None, wd, None, w2, None))
+    for images_per_chunk in (2, 1):
+        run = lambda *a, n=images_per_chunk: apply(*a, "none", n)  # noqa: E731
+        assert torch.autograd.gradcheck(run, (x, w1, b1, wd, bd, w2, b2))
+        assert torch.autograd.gradcheck(run, (x, w1, None, wd, None, w2, None))
 
 
-def test_second_backward_with_retain_graph_recomputes_the_overwritten_activations():
-    fused, plain = _pair()
+@pytest.mark.parametrize("chunk_bytes", [10**9, 1])
+def test_second_backward_with_retain_graph_recomputes_the_overwritten_activations(chunk_bytes):
+    fused, plain = _pair(chunk_bytes=chunk_bytes)
     assert_retain_graph_backward_matches(
         fused, plain, float64_input(2, C, 5, 5), float64_input(2, C, 5, 5, seed=2)
     )
+
+
+def test_training_keeps_one_hidden_tensor_per_chunk():
+    fused, _ = _pair(chunk_bytes=HIDDEN * 8 * 6 * 8 * 2)  # two images
+    y = fused(float64_input(5, C, 8, 6).requires_grad_())
+    assert [h.shape for h in y.grad_fn.hs] == [torch.Size([2, HIDDEN, 8, 6])] * 2 + [
+        torch.Size([1, HIDDEN, 8, 6])
+    ]
+
+
+def test_compiled_training_runs_the_fused_function_and_equals_eq3(monkeypatch):
+    """Under torch.compile the training Function runs eagerly (a graph break), with the same gradients."""
+    calls: list[int] = []
+    real = cffn_module._CFFNFunction.apply
+    monkeypatch.setattr(cffn_module._CFFNFunction, "apply", lambda *a: calls.append(1) or real(*a))
+    fused, plain = _pair(chunk_bytes=HIDDEN * 5 * 6 * 8)
+    x, grad_out = float64_input(2, C, 6, 5), float64_input(2, C, 6, 5, seed=2)
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(fused, backend="aot_eager")
+        got = input_and_param_grads(compiled, x, grad_out)
+    finally:
+        torch._dynamo.reset()
+    assert calls, "the compiled model did not run the training Function"
+    for g, w in zip(got, input_and_param_grads(plain, x, grad_out), strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
 
 
 def test_frozen_weights_with_trainable_biases_still_get_their_gradients():
@@ -111,7 +142,7 @@ def test_other_activations_run_eq3_as_written(monkeypatch):
     def refuse(*_args, **_kwargs):
         raise AssertionError("fused path taken for a non-GELU activation")
 
-    monkeypatch.setattr(cffn_module, "cffn_train", refuse)
+    monkeypatch.setattr(cffn_module, "_cffn_train_eager", refuse)
     monkeypatch.setattr(cffn_module, "cffn_chunked", refuse)
     module = CFFN(C, HIDDEN, nn.ReLU).double()
     x = float64_input(2, C, 4, 4).requires_grad_()

@@ -10,9 +10,11 @@ allocations:
 - inference computes the hidden activation a few images (or rows) at a time, at most ``chunk_bytes``
   of it at once, and applies GELU in place, so every buffer is small enough to be reused and peak
   memory falls too (the chunked feed-forward of Reformer, Kitaev et al. 2020, Sec. 3);
-- training uses :class:`_ConvMlpFunction`, which keeps only the pre-activation ``h`` for backward (what a
-  step holds until its backward comes back as fresh pages every step), recomputes ``a = GELU(h)`` there,
-  and writes ``dL/da`` into ``a``'s buffer and ``dL/dh`` into ``h``'s once each has been read.
+- training uses :class:`_ConvMlpFunction`, which also works a few whole images at a time (so the
+  pre-activation it keeps, and every temporary, is a buffer glibc reuses), keeps only the pre-activation
+  ``h`` for backward, recomputes ``a = GELU(h)`` there, and writes ``dL/da`` into ``a``'s buffer and
+  ``dL/dh`` into ``h``'s once each has been read. Under ``torch.compile`` it runs eagerly, as a graph
+  break: what it saves is allocation, which inductor's generated code does not avoid either.
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ from ctxnets_shared.layers import conv1x1_backward, conv1x1_input_grad_into, fus
 
 __all__ = ["ConvMlp", "conv_mlp_chunked", "conv_mlp_train"]
 
-#: hidden-activation bytes the inference path holds at once (under glibc's 32 MB mmap ceiling)
+#: hidden-activation bytes a chunk of the faster paths holds (under glibc's 32 MB mmap ceiling)
 DEFAULT_CHUNK_BYTES = 16 * 2**20
 
 
 class _ConvMlpFunction(torch.autograd.Function):
-    """(x, W1, b1, W2, b2) -> ``W2 * GELU(W1 * x + b1) + b2``, keeping only ``h = W1 * x + b1`` for a
-    backward that recomputes ``GELU(h)`` into the buffer its gradient then reuses."""
+    """(x, W1, b1, W2, b2) -> ``W2 * GELU(W1 * x + b1) + b2``, a few images at a time, keeping only each
+    chunk's ``h = W1 * x + b1`` for a backward that recomputes ``GELU(h)`` into the buffer its gradient
+    then reuses."""
 
     @staticmethod
     def forward(
@@ -44,37 +47,56 @@ class _ConvMlpFunction(torch.autograd.Function):
         b1: torch.Tensor | None,
         w2: torch.Tensor,
         b2: torch.Tensor | None,
+        images_per_chunk: int,
     ) -> torch.Tensor:
-        h = F.conv2d(x, w1, b1)
-        out = F.conv2d(F.gelu(h), w2, b2)
+        hs, outs = [], []
+        for xs in x.split(images_per_chunk):
+            h = F.conv2d(xs, w1, b1)
+            outs.append(F.conv2d(F.gelu(h), w2, b2))
+            hs.append(h)
         ctx.save_for_backward(x, w1, b1, w2)
-        # h lives on ctx (not saved_tensors) because backward overwrites it with dL/dh
-        ctx.h = h
+        # the h chunks live on ctx (not saved_tensors) because backward overwrites them with dL/dh
+        ctx.hs = hs
+        ctx.images_per_chunk = images_per_chunk
         ctx.has_bias = (b1 is not None, b2 is not None)
-        return out
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, w1, b1, w2 = ctx.saved_tensors
-        need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad
-        # a second backward (retain_graph=True) finds h overwritten by the first one's dL/dh
-        h = F.conv2d(x, w1, b1) if ctx.h is None else ctx.h
-        ctx.h = None
-        a = F.gelu(h)
-        _, grad_w2, grad_b2 = conv1x1_backward(grad, a, w2, [False, need_w2, need_b2 and ctx.has_bias[1]])
-        # a and h are ours (never returned), so once read they can hold the gradients; GELU keeps h's
-        # strides, so dL/da in a's buffer matches h for the in-place gelu_backward
-        grad_a = conv1x1_input_grad_into(grad, w2, a)
-        if grad_a is not None:
-            grad_h = torch.ops.aten.gelu_backward.grad_input(grad_a, h, grad_input=h)
-        else:  # neither NCHW nor channels-last: plain allocations
-            grad_a = conv1x1_backward(grad, a, w2, [True, False, False])[0]
-            grad_h = torch.ops.aten.gelu_backward(grad_a, h)
-        grad_x, grad_w1, grad_b1 = conv1x1_backward(
-            grad_h, x, w1, [need_x, need_w1, need_b1 and ctx.has_bias[0]]
-        )
-        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2
+        need_x, need_w1, need_b1, need_w2, need_b2, _ = ctx.needs_input_grad
+        mask1 = [need_x, need_w1, need_b1 and ctx.has_bias[0]]
+        mask2 = [False, need_w2, need_b2 and ctx.has_bias[1]]
+        # a second backward (retain_graph=True) finds the h chunks overwritten by the first one's dL/dh
+        hs = ctx.hs or [None] * len(x.split(ctx.images_per_chunk))
+        ctx.hs = None
+        grad_xs: list[torch.Tensor] = []
+        param_grads: list[torch.Tensor | None] = [None] * 4  # w1, b1, w2, b2
+        for xs, gs, h in zip(x.split(ctx.images_per_chunk), grad.split(ctx.images_per_chunk), hs):
+            h = F.conv2d(xs, w1, b1) if h is None else h
+            a = F.gelu(h)
+            _, grad_w2, grad_b2 = conv1x1_backward(gs, a, w2, mask2)
+            # a and h are ours (never returned), so once read they can hold the gradients; GELU keeps
+            # h's strides, so dL/da in a's buffer matches h for the in-place gelu_backward
+            grad_a = conv1x1_input_grad_into(gs, w2, a)
+            if grad_a is not None:
+                grad_h = torch.ops.aten.gelu_backward.grad_input(grad_a, h, grad_input=h)
+            else:  # neither NCHW nor channels-last: plain allocations
+                grad_a = conv1x1_backward(gs, a, w2, [True, False, False])[0]
+                grad_h = torch.ops.aten.gelu_backward(grad_a, h)
+            del a, grad_a
+            grad_x, grad_w1, grad_b1 = conv1x1_backward(grad_h, xs, w1, mask1)
+            if grad_x is not None:
+                grad_xs.append(grad_x)
+            for i, g in enumerate((grad_w1, grad_b1, grad_w2, grad_b2)):
+                acc = param_grads[i]
+                param_grads[i] = g if acc is None or g is None else acc.add_(g)
+        grad_x_all = None
+        if need_x:
+            grad_x_all = grad_xs[0] if len(grad_xs) == 1 else torch.cat(grad_xs)
+        grad_w1, grad_b1, grad_w2, grad_b2 = param_grads
+        return grad_x_all, grad_w1, grad_b1, grad_w2, grad_b2, None
 
 
 def conv_mlp_train(
@@ -83,16 +105,25 @@ def conv_mlp_train(
     b1: torch.Tensor | None,
     w2: torch.Tensor,
     b2: torch.Tensor | None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> torch.Tensor:
     """``fc2(GELU(fc1(x)))`` for training: (B, C, H, W) -> (B, C_out, H, W), holding one hidden-size tensor
-    for backward instead of two.
+    for backward instead of two, whole images at a time with at most ``chunk_bytes`` of it per chunk (one
+    image when one is larger).
 
     Args:
         x: input map.
         w1: (hidden, C, 1, 1) ``fc1`` weight; ``b1`` its (hidden,) bias or None.
         w2: (C_out, hidden, 1, 1) ``fc2`` weight; ``b2`` its (C_out,) bias or None.
+        chunk_bytes: hidden-activation bytes per chunk.
     """
-    return _ConvMlpFunction.apply(x, w1, b1, w2, b2)
+    image_bytes = w1.shape[0] * x.shape[2] * x.shape[3] * x.element_size()
+    images_per_chunk = max(1, chunk_bytes // max(image_bytes, 1))
+    return _ConvMlpFunction.apply(x, w1, b1, w2, b2, images_per_chunk)
+
+
+# torch.compile runs the training Function eagerly, as a graph break (see fused_cpu_path)
+_conv_mlp_train_eager = torch.compiler.disable(conv_mlp_train)
 
 
 def conv_mlp_chunked(
@@ -124,10 +155,10 @@ class ConvMlp(nn.Module):
         dim: input channels C.
         hidden_dim: hidden channels (``mlp_ratio * C``).
         out_dim: output channels (default C).
-        fused: the faster paths of the module docstring, on CPU without autocast: in eager mode
-            (training), in eager mode or under ``torch.compile`` (inference). False, or any other device,
-            runs the three layers as written (where the caching allocator makes allocation cheap).
-        chunk_bytes: hidden-activation bytes the inference path holds at once.
+        fused: the faster paths of the module docstring, on CPU without autocast, in eager mode and under
+            ``torch.compile``. False, or any other device, runs the three layers as written (where the
+            caching allocator makes allocation cheap).
+        chunk_bytes: hidden-activation bytes each chunk of the faster paths holds.
     """
 
     def __init__(
@@ -154,7 +185,9 @@ class ConvMlp(nn.Module):
             if path == "inference":
                 return conv_mlp_chunked(x, self.fc1, self.fc2, self.chunk_bytes)
             if path == "training":
-                return conv_mlp_train(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+                return _conv_mlp_train_eager(
+                    x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self.chunk_bytes
+                )
         return self.fc2(self.act(self.fc1(x)))
 
     def extra_repr(self) -> str:

@@ -7,9 +7,11 @@ activations of stages 3-5. On CPU every fresh tensor of that size costs page fau
 
 - inference runs a few images at a time, at most ``chunk_bytes`` of hidden activation each, with GELU and
   the residual add in place;
-- training uses :class:`_CFFNFunction`, which keeps only ``h`` for backward (the tensors a training step
-  holds until its backward are the ones that come back as fresh pages every step) and recomputes ``z`` and
-  ``DWConv(z) + z`` there, two cheap ops, into buffers that then take the gradients.
+- training uses :class:`_CFFNFunction`, which also works a few whole images at a time (so what it keeps
+  and every temporary is a buffer glibc reuses), keeps only ``h`` for backward (the tensors a training
+  step holds until its backward are the ones that come back as fresh pages every step) and recomputes
+  ``z`` and ``DWConv(z) + z`` there, two cheap ops, into buffers that then take the gradients. Under
+  ``torch.compile`` it runs eagerly, as a graph break.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from ctxnets_shared.layers import (
 
 __all__ = ["CFFN", "CFFNBlock", "cffn_chunked", "cffn_train", "gelu_approximation"]
 
-#: hidden-activation bytes the inference path holds at once (under glibc's 32 MB mmap ceiling)
+#: hidden-activation bytes a chunk of the faster paths holds (under glibc's 32 MB mmap ceiling)
 DEFAULT_CHUNK_BYTES = 16 * 2**20
 
 
@@ -54,8 +56,9 @@ def _dwconv(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
 
 
 class _CFFNFunction(torch.autograd.Function):
-    """(x, W1, b1, Wd, bd, W2, b2) -> ``W2 * (DWConv(z) + z) + b2``, ``z = GELU(W1 * x + b1)``, keeping only
-    ``h = W1 * x + b1`` for a backward that recomputes the rest into the buffers its gradients reuse."""
+    """(x, W1, b1, Wd, bd, W2, b2) -> ``W2 * (DWConv(z) + z) + b2``, ``z = GELU(W1 * x + b1)``, a few images
+    at a time, keeping only each chunk's ``h = W1 * x + b1`` for a backward that recomputes the rest into
+    the buffers its gradients reuse."""
 
     @staticmethod
     def forward(
@@ -68,53 +71,80 @@ class _CFFNFunction(torch.autograd.Function):
         w2: torch.Tensor,
         b2: torch.Tensor | None,
         approximate: str,
+        images_per_chunk: int,
     ) -> torch.Tensor:
-        h = F.conv2d(x, w1, b1)
-        z = F.gelu(h, approximate=approximate)
-        out = F.conv2d(_dwconv(z, wd, bd).add_(z), w2, b2)
+        hs, outs = [], []
+        for xs in x.split(images_per_chunk):
+            h = F.conv2d(xs, w1, b1)
+            z = F.gelu(h, approximate=approximate)
+            outs.append(F.conv2d(_dwconv(z, wd, bd).add_(z), w2, b2))
+            hs.append(h)
         ctx.save_for_backward(x, w1, b1, wd, bd, w2)
-        # h lives on ctx (not saved_tensors) because backward overwrites it with dL/dh
-        ctx.h = h
+        # the h chunks live on ctx (not saved_tensors) because backward overwrites them with dL/dh
+        ctx.hs = hs
+        ctx.images_per_chunk = images_per_chunk
         ctx.has_bias = (b1 is not None, bd is not None, b2 is not None)
         ctx.approximate = approximate
-        return out
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, w1, b1, wd, bd, w2 = ctx.saved_tensors
-        need_x, need_w1, need_b1, need_wd, need_bd, need_w2, need_b2, _ = ctx.needs_input_grad
+        need_x, need_w1, need_b1, need_wd, need_bd, need_w2, need_b2, _, _ = ctx.needs_input_grad
         has_b1, has_bd, has_b2 = ctx.has_bias
-        # a second backward (retain_graph=True) finds h overwritten by the first one's dL/dh
-        h = F.conv2d(x, w1, b1) if ctx.h is None else ctx.h
-        ctx.h = None
-        z = F.gelu(h, approximate=ctx.approximate)
-        s = _dwconv(z, wd, bd).add_(z)
-        _, grad_w2, grad_b2 = conv1x1_backward(grad, s, w2, [False, need_w2, need_b2 and has_b2])
-        # s and h are ours (never returned), so once read they can hold gradients
-        grad_s = conv1x1_input_grad_into(grad, w2, s)
-        if grad_s is None:
-            grad_s = conv1x1_backward(grad, s, w2, [True, False, False])[0]
+        n = ctx.images_per_chunk
+        # a second backward (retain_graph=True) finds the h chunks overwritten by the first one's dL/dh
+        hs = ctx.hs or [None] * len(x.split(n))
+        ctx.hs = None
         hidden = wd.shape[0]
         pad = wd.shape[-1] // 2
-        dw: Any = torch.ops.aten.convolution_backward(
-            grad_s, z, wd, [hidden], [1, 1], [pad, pad], [1, 1], False, [0, 0], hidden,
-            [True, need_wd, need_bd and has_bd],
-        )  # fmt: skip
-        grad_z = dw[0].add_(grad_s)  # d(DWConv(z) + z)/dz
-        if grad_z.stride() == h.stride():
-            grad_h = torch.ops.aten.gelu_backward.grad_input(
-                grad_z, h, approximate=ctx.approximate, grad_input=h
-            )
-        else:
-            grad_h = torch.ops.aten.gelu_backward(grad_z, h, approximate=ctx.approximate)
-        grad_x, grad_w1, grad_b1 = conv1x1_backward(grad_h, x, w1, [need_x, need_w1, need_b1 and has_b1])
-        return grad_x, grad_w1, grad_b1, dw[1], dw[2], grad_w2, grad_b2, None
+        grad_xs: list[torch.Tensor] = []
+        param_grads: list[torch.Tensor | None] = [None] * 6  # w1, b1, wd, bd, w2, b2
+        for xs, gs, h in zip(x.split(n), grad.split(n), hs):
+            h = F.conv2d(xs, w1, b1) if h is None else h
+            z = F.gelu(h, approximate=ctx.approximate)
+            s = _dwconv(z, wd, bd).add_(z)
+            _, grad_w2, grad_b2 = conv1x1_backward(gs, s, w2, [False, need_w2, need_b2 and has_b2])
+            # s and h are ours (never returned), so once read they can hold gradients
+            grad_s = conv1x1_input_grad_into(gs, w2, s)
+            if grad_s is None:
+                grad_s = conv1x1_backward(gs, s, w2, [True, False, False])[0]
+            dw: Any = torch.ops.aten.convolution_backward(
+                grad_s, z, wd, [hidden], [1, 1], [pad, pad], [1, 1], False, [0, 0], hidden,
+                [True, need_wd, need_bd and has_bd],
+            )  # fmt: skip
+            grad_z = dw[0].add_(grad_s)  # d(DWConv(z) + z)/dz
+            del z, s, grad_s
+            if grad_z.stride() == h.stride():
+                grad_h = torch.ops.aten.gelu_backward.grad_input(
+                    grad_z, h, approximate=ctx.approximate, grad_input=h
+                )
+            else:
+                grad_h = torch.ops.aten.gelu_backward(grad_z, h, approximate=ctx.approximate)
+            del grad_z
+            grad_x, grad_w1, grad_b1 = conv1x1_backward(grad_h, xs, w1, [need_x, need_w1, need_b1 and has_b1])
+            if grad_x is not None:
+                grad_xs.append(grad_x)
+            for i, g in enumerate((grad_w1, grad_b1, dw[1], dw[2], grad_w2, grad_b2)):
+                acc = param_grads[i]
+                param_grads[i] = g if acc is None or g is None else acc.add_(g)
+        grad_x_all = None
+        if need_x:
+            grad_x_all = grad_xs[0] if len(grad_xs) == 1 else torch.cat(grad_xs)
+        return (grad_x_all, *param_grads, None, None)
 
 
-def cffn_train(x: torch.Tensor, cffn: CFFN) -> torch.Tensor:
+def _images_per_chunk(x: torch.Tensor, hidden: int, chunk_bytes: int) -> int:
+    """Whole images of ``x`` whose hidden activation fits in ``chunk_bytes`` (at least one)."""
+    image_bytes = hidden * x.shape[2] * x.shape[3] * x.element_size()
+    return max(1, chunk_bytes // max(image_bytes, 1))
+
+
+def cffn_train(x: torch.Tensor, cffn: CFFN, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
     """``CFFN(x)`` (GELU) for training: (B, C, H, W) -> (B, C, H, W), holding one hidden-width tensor for
-    backward instead of three."""
+    backward instead of three, whole images at a time with at most ``chunk_bytes`` of it per chunk (one
+    image when one is larger)."""
     approximate = gelu_approximation(cffn.act)
     if approximate is None:
         raise TypeError(f"cffn_train needs a GELU activation, got {type(cffn.act).__name__}")
@@ -127,7 +157,12 @@ def cffn_train(x: torch.Tensor, cffn: CFFN) -> torch.Tensor:
         cffn.fc2.weight,
         cffn.fc2.bias,
         approximate,
+        _images_per_chunk(x, cffn.fc1.out_channels, chunk_bytes),
     )
+
+
+# torch.compile runs the training Function eagerly, as a graph break (see fused_cpu_path)
+_cffn_train_eager = torch.compiler.disable(cffn_train)
 
 
 def cffn_chunked(x: torch.Tensor, cffn: CFFN, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
@@ -141,8 +176,7 @@ def cffn_chunked(x: torch.Tensor, cffn: CFFN, chunk_bytes: int = DEFAULT_CHUNK_B
         z = torch.ops.aten.gelu_(cffn.fc1(xs), approximate=approximate)
         return cffn.fc2(cffn.dwconv(z).add_(z))
 
-    image_bytes = cffn.fc1.out_channels * x.shape[2] * x.shape[3] * x.element_size()
-    per_chunk = max(1, chunk_bytes // max(image_bytes, 1))
+    per_chunk = _images_per_chunk(x, cffn.fc1.out_channels, chunk_bytes)
     if per_chunk >= x.shape[0]:
         return run(x)
     return torch.cat([run(xs) for xs in x.split(per_chunk)])
@@ -158,10 +192,10 @@ class CFFN(nn.Module):
         dim: C, input and output channels.
         hidden_dim: E * C, the expanded width.
         act_layer: activation class (sigma in Eq. 3).
-        fused: with GELU, the faster paths of the module docstring, on CPU without autocast: in eager mode
-            (training), in eager mode or under ``torch.compile`` (inference). False, another activation or
-            another device runs Eq. 3 as written.
-        chunk_bytes: hidden-activation bytes the inference path holds at once.
+        fused: with GELU, the faster paths of the module docstring, on CPU without autocast, in eager mode
+            and under ``torch.compile``. False, another activation or another device runs Eq. 3 as
+            written.
+        chunk_bytes: hidden-activation bytes each chunk of the faster paths holds.
     """
 
     def __init__(
@@ -190,7 +224,7 @@ class CFFN(nn.Module):
             if path == "inference":
                 return cffn_chunked(x, self, self.chunk_bytes)
             if path == "training":
-                return cffn_train(x, self)
+                return _cffn_train_eager(x, self, self.chunk_bytes)
         z = self.act(self.fc1(x))
         return self.fc2(self.dwconv(z) + z)
 

@@ -31,14 +31,17 @@ def is_plain_cpu(x: torch.Tensor) -> bool:
 
 
 def fused_cpu_path(x: torch.Tensor, module: nn.Module) -> str | None:
-    """Which fused CPU path ``module`` may take for ``x``: ``"inference"`` when no gradient is needed
-    (eager or under ``torch.compile``), ``"training"`` in eager autograd, None for the plain ops (tracing,
-    export, compiled training, another device, autocast)."""
+    """Which fused CPU path ``module`` may take for ``x``: ``"inference"`` when no gradient is needed,
+    ``"training"`` when one is (both in eager mode and under ``torch.compile``), None for the plain ops
+    (tracing, export, another device, autocast).
+
+    Under ``torch.compile`` a training path is meant to run eagerly: call it through
+    ``torch.compiler.disable`` (a graph break), since an autograd Function whose backward writes into
+    buffers it owns is an eager-memory device that a traced graph gains nothing from.
+    """
     if not is_plain_cpu(x):
         return None
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or any(p.requires_grad for p in module.parameters())
     )
-    if not needs_grad:
-        return "inference"
-    return None if torch.compiler.is_compiling() else "training"
+    return "training" if needs_grad else "inference"
