@@ -6,14 +6,14 @@ import pytest
 import timm
 import torch
 
-from container.mlp import ConvMlp, conv_mlp_chunked, conv_mlp_train
+from container.mlp import ConvMlp, _ConvMlpFunction, conv_mlp_chunked, conv_mlp_train
 from ctxnets_shared.testing.fused import (
     assert_autocast_bf16_grads_match,
+    assert_compiled_training_matches,
     assert_inference_matches,
     assert_retain_graph_backward_matches,
     assert_training_matches,
     float64_input,
-    input_and_param_grads,
 )
 
 C, HIDDEN = 6, 24
@@ -78,23 +78,11 @@ def test_training_keeps_one_hidden_tensor_per_chunk():
     ]
 
 
-def test_compiled_training_runs_the_fused_function_and_equals_the_layers(monkeypatch):
+def test_compiled_training_runs_the_fused_function_and_equals_the_layers():
     """Under torch.compile the training Function runs eagerly (a graph break), with the same gradients."""
-    import container.mlp as mlp
-
-    calls: list[int] = []
-    real = mlp._ConvMlpFunction.apply
-    monkeypatch.setattr(mlp._ConvMlpFunction, "apply", lambda *a: calls.append(1) or real(*a))
     fused, plain = _pair(chunk_bytes=HIDDEN * 5 * 6 * 8)
     x, grad_out = float64_input(2, C, 6, 5), float64_input(2, C, 6, 5, seed=2)
-    torch._dynamo.reset()
-    try:
-        got = input_and_param_grads(torch.compile(fused, backend="aot_eager"), x, grad_out)
-    finally:
-        torch._dynamo.reset()
-    assert calls, "the compiled model did not run the training Function"
-    for g, w in zip(got, input_and_param_grads(plain, x, grad_out), strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    assert_compiled_training_matches(fused, plain, x, grad_out, _ConvMlpFunction)
 
 
 @pytest.mark.parametrize(

@@ -10,11 +10,11 @@ import torch.nn as nn
 import hiri_vit.cffn as cffn_module
 from ctxnets_shared.testing.fused import (
     assert_autocast_bf16_grads_match,
+    assert_compiled_training_matches,
     assert_inference_matches,
     assert_retain_graph_backward_matches,
     assert_training_matches,
     float64_input,
-    input_and_param_grads,
 )
 from hiri_vit.cffn import CFFN, cffn_chunked
 
@@ -69,22 +69,11 @@ def test_training_keeps_one_hidden_tensor_per_chunk():
     ]
 
 
-def test_compiled_training_runs_the_fused_function_and_equals_eq3(monkeypatch):
+def test_compiled_training_runs_the_fused_function_and_equals_eq3():
     """Under torch.compile the training Function runs eagerly (a graph break), with the same gradients."""
-    calls: list[int] = []
-    real = cffn_module._CFFNFunction.apply
-    monkeypatch.setattr(cffn_module._CFFNFunction, "apply", lambda *a: calls.append(1) or real(*a))
     fused, plain = _pair(chunk_bytes=HIDDEN * 5 * 6 * 8)
     x, grad_out = float64_input(2, C, 6, 5), float64_input(2, C, 6, 5, seed=2)
-    torch._dynamo.reset()
-    try:
-        compiled = torch.compile(fused, backend="aot_eager")
-        got = input_and_param_grads(compiled, x, grad_out)
-    finally:
-        torch._dynamo.reset()
-    assert calls, "the compiled model did not run the training Function"
-    for g, w in zip(got, input_and_param_grads(plain, x, grad_out), strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    assert_compiled_training_matches(fused, plain, x, grad_out, cffn_module._CFFNFunction)
 
 
 def test_frozen_weights_with_trainable_biases_still_get_their_gradients():

@@ -6,11 +6,14 @@ HIRI-ViT's CFFN): outputs and every gradient in float64, a second backward, and 
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 import torch.nn as nn
 
 __all__ = [
     "assert_autocast_bf16_grads_match",
+    "assert_compiled_training_matches",
     "assert_inference_matches",
     "assert_retain_graph_backward_matches",
     "assert_training_matches",
@@ -76,3 +79,36 @@ def assert_autocast_bf16_grads_match(
     for g, w in zip(got, want, strict=True):
         assert g.dtype == torch.float32
         torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+def assert_compiled_training_matches(
+    fused: nn.Module,
+    plain: nn.Module,
+    x: torch.Tensor,
+    grad_out: torch.Tensor,
+    function: type[torch.autograd.Function],
+) -> None:
+    """Under ``torch.compile`` (aot_eager) the fused module still runs its training ``function`` (eagerly,
+    as a graph break) and gives the plain gradients."""
+    calls: list[int] = []
+    own = function.__dict__.get("apply")
+    real = function.apply
+
+    def spy(*args: Any) -> Any:
+        calls.append(1)
+        return real(*args)
+
+    function.apply = spy  # type: ignore[method-assign]
+    torch._dynamo.reset()
+    try:
+        compiled = cast(nn.Module, torch.compile(fused, backend="aot_eager"))  # an OptimizedModule
+        got = input_and_param_grads(compiled, x, grad_out)
+    finally:
+        torch._dynamo.reset()
+        if own is None:
+            del function.apply
+        else:
+            function.apply = own  # type: ignore[method-assign]
+    assert calls, f"the compiled module did not run {function.__name__}"
+    for g, w in zip(got, input_and_param_grads(plain, x, grad_out), strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
