@@ -158,3 +158,13 @@ def test_fused_cpu_path_picks_inference_training_or_none() -> None:
     assert fused_cpu_path(x.requires_grad_(), layer) == "training"
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert fused_cpu_path(x, layer) is None
+
+
+def test_images_per_chunk_fits_the_budget_and_takes_at_least_one_image() -> None:
+    from ctxnets_shared.layers import images_per_chunk
+
+    x = torch.empty(8, 3, 10, 10)  # a 4-channel float32 map at 10 x 10 is 1600 bytes per image
+    assert images_per_chunk(x, 4, 1600 * 3) == 3
+    assert images_per_chunk(x, 4, 1600 * 3 + 1599) == 3
+    assert images_per_chunk(x, 4, 1599) == 1
+    assert images_per_chunk(x.double(), 4, 1600 * 3) == 1

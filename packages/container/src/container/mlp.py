@@ -26,7 +26,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from ctxnets_shared.layers import conv1x1_backward, conv1x1_input_grad_into, fused_cpu_path
+from ctxnets_shared.layers import (
+    conv1x1_backward,
+    conv1x1_input_grad_into,
+    fused_cpu_path,
+    images_per_chunk,
+)
 
 __all__ = ["ConvMlp", "conv_mlp_chunked", "conv_mlp_train"]
 
@@ -47,17 +52,17 @@ class _ConvMlpFunction(torch.autograd.Function):
         b1: torch.Tensor | None,
         w2: torch.Tensor,
         b2: torch.Tensor | None,
-        images_per_chunk: int,
+        per_chunk: int,
     ) -> torch.Tensor:
         hs, outs = [], []
-        for xs in x.split(images_per_chunk):
+        for xs in x.split(per_chunk):
             h = F.conv2d(xs, w1, b1)
             outs.append(F.conv2d(F.gelu(h), w2, b2))
             hs.append(h)
         ctx.save_for_backward(x, w1, b1, w2)
         # the h chunks live on ctx (not saved_tensors) because backward overwrites them with dL/dh
         ctx.hs = hs
-        ctx.images_per_chunk = images_per_chunk
+        ctx.per_chunk = per_chunk
         ctx.has_bias = (b1 is not None, b2 is not None)
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
@@ -69,11 +74,11 @@ class _ConvMlpFunction(torch.autograd.Function):
         mask1 = [need_x, need_w1, need_b1 and ctx.has_bias[0]]
         mask2 = [False, need_w2, need_b2 and ctx.has_bias[1]]
         # a second backward (retain_graph=True) finds the h chunks overwritten by the first one's dL/dh
-        hs = ctx.hs or [None] * len(x.split(ctx.images_per_chunk))
+        hs = ctx.hs or [None] * len(x.split(ctx.per_chunk))
         ctx.hs = None
         grad_xs: list[torch.Tensor] = []
         param_grads: list[torch.Tensor | None] = [None] * 4  # w1, b1, w2, b2
-        for xs, gs, h in zip(x.split(ctx.images_per_chunk), grad.split(ctx.images_per_chunk), hs):
+        for xs, gs, h in zip(x.split(ctx.per_chunk), grad.split(ctx.per_chunk), hs):
             h = F.conv2d(xs, w1, b1) if h is None else h
             a = F.gelu(h)
             _, grad_w2, grad_b2 = conv1x1_backward(gs, a, w2, mask2)
@@ -117,9 +122,7 @@ def conv_mlp_train(
         w2: (C_out, hidden, 1, 1) ``fc2`` weight; ``b2`` its (C_out,) bias or None.
         chunk_bytes: hidden-activation bytes per chunk.
     """
-    image_bytes = w1.shape[0] * x.shape[2] * x.shape[3] * x.element_size()
-    images_per_chunk = max(1, chunk_bytes // max(image_bytes, 1))
-    return _ConvMlpFunction.apply(x, w1, b1, w2, b2, images_per_chunk)
+    return _ConvMlpFunction.apply(x, w1, b1, w2, b2, images_per_chunk(x, w1.shape[0], chunk_bytes))
 
 
 # torch.compile runs the training Function eagerly, as a graph break (see fused_cpu_path)

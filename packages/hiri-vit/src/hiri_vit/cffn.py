@@ -32,6 +32,7 @@ from ctxnets_shared.layers import (
     conv1x1_input_grad_into,
     create_attn_layer,
     fused_cpu_path,
+    images_per_chunk,
 )
 
 __all__ = ["CFFN", "CFFNBlock", "cffn_chunked", "cffn_train", "gelu_approximation"]
@@ -71,10 +72,10 @@ class _CFFNFunction(torch.autograd.Function):
         w2: torch.Tensor,
         b2: torch.Tensor | None,
         approximate: str,
-        images_per_chunk: int,
+        per_chunk: int,
     ) -> torch.Tensor:
         hs, outs = [], []
-        for xs in x.split(images_per_chunk):
+        for xs in x.split(per_chunk):
             h = F.conv2d(xs, w1, b1)
             z = F.gelu(h, approximate=approximate)
             outs.append(F.conv2d(_dwconv(z, wd, bd).add_(z), w2, b2))
@@ -82,7 +83,7 @@ class _CFFNFunction(torch.autograd.Function):
         ctx.save_for_backward(x, w1, b1, wd, bd, w2)
         # the h chunks live on ctx (not saved_tensors) because backward overwrites them with dL/dh
         ctx.hs = hs
-        ctx.images_per_chunk = images_per_chunk
+        ctx.per_chunk = per_chunk
         ctx.has_bias = (b1 is not None, bd is not None, b2 is not None)
         ctx.approximate = approximate
         return outs[0] if len(outs) == 1 else torch.cat(outs)
@@ -93,7 +94,7 @@ class _CFFNFunction(torch.autograd.Function):
         x, w1, b1, wd, bd, w2 = ctx.saved_tensors
         need_x, need_w1, need_b1, need_wd, need_bd, need_w2, need_b2, _, _ = ctx.needs_input_grad
         has_b1, has_bd, has_b2 = ctx.has_bias
-        n = ctx.images_per_chunk
+        n = ctx.per_chunk
         # a second backward (retain_graph=True) finds the h chunks overwritten by the first one's dL/dh
         hs = ctx.hs or [None] * len(x.split(n))
         ctx.hs = None
@@ -135,12 +136,6 @@ class _CFFNFunction(torch.autograd.Function):
         return (grad_x_all, *param_grads, None, None)
 
 
-def _images_per_chunk(x: torch.Tensor, hidden: int, chunk_bytes: int) -> int:
-    """Whole images of ``x`` whose hidden activation fits in ``chunk_bytes`` (at least one)."""
-    image_bytes = hidden * x.shape[2] * x.shape[3] * x.element_size()
-    return max(1, chunk_bytes // max(image_bytes, 1))
-
-
 def cffn_train(x: torch.Tensor, cffn: CFFN, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
     """``CFFN(x)`` (GELU) for training: (B, C, H, W) -> (B, C, H, W), holding one hidden-width tensor for
     backward instead of three, whole images at a time with at most ``chunk_bytes`` of it per chunk (one
@@ -157,7 +152,7 @@ def cffn_train(x: torch.Tensor, cffn: CFFN, chunk_bytes: int = DEFAULT_CHUNK_BYT
         cffn.fc2.weight,
         cffn.fc2.bias,
         approximate,
-        _images_per_chunk(x, cffn.fc1.out_channels, chunk_bytes),
+        images_per_chunk(x, cffn.fc1.out_channels, chunk_bytes),
     )
 
 
@@ -176,7 +171,7 @@ def cffn_chunked(x: torch.Tensor, cffn: CFFN, chunk_bytes: int = DEFAULT_CHUNK_B
         z = torch.ops.aten.gelu_(cffn.fc1(xs), approximate=approximate)
         return cffn.fc2(cffn.dwconv(z).add_(z))
 
-    per_chunk = _images_per_chunk(x, cffn.fc1.out_channels, chunk_bytes)
+    per_chunk = images_per_chunk(x, cffn.fc1.out_channels, chunk_bytes)
     if per_chunk >= x.shape[0]:
         return run(x)
     return torch.cat([run(xs) for xs in x.split(per_chunk)])
