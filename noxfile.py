@@ -33,6 +33,19 @@ PACKAGES: dict[str, tuple[str, str, str | None]] = {
 SRC_DIRS = ["shared/src", *(f"packages/{p}/src" for p in PACKAGES if p != "shared")]
 
 
+def _xdist() -> tuple[list[str], dict[str, str]]:
+    """pytest-xdist arguments and the environment its workers run in: the cores shared out as torch threads.
+
+    Much of a suite's time is single-threaded Python (torch and timm imports in the subprocess tests, FX
+    tracing, graph capture, deep copies) during which one core of two idles; two workers with one torch
+    thread each cut the 2-core CI run by about a third. The arguments go before the session's posargs, so
+    ``nox -s integration -- -n 0`` runs in one process again.
+    """
+    cores = os.cpu_count() or 1
+    workers = max(2, min(cores // 2, 4))
+    return ["-n", str(workers)], {"OMP_NUM_THREADS": str(max(1, cores // workers))}
+
+
 def _folder(package: str) -> str:
     return "shared" if package == "shared" else f"packages/{package}"
 
@@ -57,6 +70,7 @@ def tests(session: nox.Session, package: str) -> None:
     dist = PACKAGES[package][0]
     _sync(session, "--package", dist, "--group", "test")
     # pytest exits 5 when it collects nothing: a package that should have tests then fails this session
+    xdist_args, xdist_env = _xdist()
     session.run(
         "pytest",
         "-c",
@@ -64,7 +78,9 @@ def tests(session: nox.Session, package: str) -> None:
         f"{_folder(package)}/tests",
         "-p",
         "no:cacheprovider",
+        *xdist_args,
         *session.posargs,
+        env=xdist_env,
     )
 
 
@@ -72,8 +88,17 @@ def tests(session: nox.Session, package: str) -> None:
 def integration(session: nox.Session) -> None:
     """Cross-package composition tests with the whole workspace installed."""
     _sync(session, "--all-packages", "--extra", "cli", "--group", "integration")
+    xdist_args, xdist_env = _xdist()
     session.run(
-        "pytest", "-c", "pyproject.toml", "tests-integration", "-p", "no:cacheprovider", *session.posargs
+        "pytest",
+        "-c",
+        "pyproject.toml",
+        "tests-integration",
+        "-p",
+        "no:cacheprovider",
+        *xdist_args,
+        *session.posargs,
+        env=xdist_env,
     )
 
 
@@ -141,15 +166,14 @@ def _check_wheels(session: nox.Session, work: Path) -> None:
         wheel = next(dist.glob(f"{name.replace('-', '_')}-*.whl"))
         wheels_to_install = [str(shared_whl)] if package == "shared" else [str(shared_whl), str(wheel)]
         session.run(py, "-m", "pip", "install", "--quiet", *wheels_to_install, external=True)
-        check = f"import {module}, timm; from ctxnets_shared import discover_packages; discover_packages()"
+        check = f"import {module}, timm\nfrom ctxnets_shared import discover_packages\ndiscover_packages()\n"
         if model:
-            check += f"; m = timm.create_model({model!r})"
-            check += f"; print({model!r}, sum(p.numel() for p in m.parameters()))"
-        session.run(py, "-c", check, external=True)
+            check += f"m = timm.create_model({model!r})\n"
+            check += f"print({model!r}, sum(p.numel() for p in m.parameters()))\n"
         if model and package != "gcnet":
             # a GC composition without gcnet installed is a clear error naming it, not timm's other "gc"
-            compose = (
-                f"import timm, {module}\n"
+            # (one interpreter for both checks: each start imports torch and timm, seconds on 2 cores)
+            check += (
                 "try:\n"
                 f"    timm.create_model({model!r}, attn_layer='gc')\n"
                 "except ValueError as e:\n"
@@ -158,7 +182,7 @@ def _check_wheels(session: nox.Session, work: Path) -> None:
                 "else:\n"
                 "    raise SystemExit('attn_layer=gc built without gcnet installed')\n"
             )
-            session.run(py, "-c", compose, external=True)
+        session.run(py, "-c", check, external=True)
         session.run(str(venv / "bin" / "ctxnets"), "list", external=True)
 
 

@@ -9,11 +9,10 @@ BatchNorm statistics measured, eval mode) serves every check:
 * ``features_only``: as many maps as ``feature_info`` entries, with its channels and reductions, and the
   same stages as the classifier's ``feature_info``;
 * ``save_pretrained`` -> ``timm.create_model("local-dir:DIR", pretrained=True)``: identical outputs;
-* ``torch.compile`` equals eager (the kit's ``check_compile``: a float64 copy, compiled and eager).
-  The backend is ``aot_eager`` (graph capture and AOT autograd, no code generation) to keep the 19
-  full-size models within CI time; inductor's generated code is checked where it is cheaper (gcnet's and
-  hiri-vit's contract suites, CoTNet's layer tests);
 * a CPU bfloat16-autocast forward gives finite logits.
+
+``torch.compile`` is not repeated here: each package's contract suite compiles every one of its models
+(the kit's ``compile`` check), and graph capture does not depend on which other packages are installed.
 
 Small inputs, batch 2: 64x64 (HIRI-ViT's smallest side at its stride 64; CONTAINER needs multiples of 32).
 """
@@ -31,7 +30,7 @@ import torch
 
 from ctxnets_shared.packages import discover_packages
 from ctxnets_shared.testing import ModelSpec, build, make_input
-from ctxnets_shared.testing.checks import check_autocast_bf16, check_compile
+from ctxnets_shared.testing.checks import check_autocast_bf16
 from ctxnets_shared.weights import save_pretrained
 
 # every model the five packages register today: the parametrisation below must find at least these
@@ -112,11 +111,6 @@ def test_local_dir_round_trip(built: Built) -> None:
     with torch.no_grad():
         got = again(make_input(spec))
     torch.testing.assert_close(got, want, rtol=0, atol=0)
-
-
-def test_compile_equals_eager(built: Built) -> None:
-    model, spec, _ = built
-    check_compile(model, spec)  # the kit's check: aot_eager, float64, on a copy
 
 
 def test_bf16_autocast_finite(built: Built) -> None:

@@ -1,5 +1,4 @@
-"""The monorepo's model contract (ctxnets_shared.testing) over all seven CoTNet models: every check, but
-torch.compile only on the 50-layer models and se_cotnetd_152.
+"""The monorepo's model contract (ctxnets_shared.testing) over all seven CoTNet models: every check.
 
 Batches of 4. Every CoT layer's fusion (and SE-CoTNetD's SE convs) runs a BatchNorm over pooled (B, C, 1, 1)
 values: in training it sees B values per channel, and with B = 2 a few of a layer's channels always get two
@@ -15,25 +14,14 @@ B values per channel too, and in float64 cotnet101's stem gradient then differed
 
 from __future__ import annotations
 
-from ctxnets_shared.testing import CHECKS, ModelSpec, contract_suite
+from ctxnets_shared.testing import ModelSpec, contract_suite
 
 # non-default constructor kwargs that must come back from save_pretrained: input channels, pooling, the
 # attention hook and a CoT ablation (which changes the layer's keys)
 _KWARGS = {"in_chans": 1, "global_pool": "max", "attn_layer": "eca", "cot_kwargs": {"fusion": "sum"}}
 
 
-# torch.compile's graph capture time grows with depth, not input size (12-15 s for each 101-layer model
-# on 2 cores, a third of its kit): the 101s' blocks are captured in their 50-layer siblings' compile check,
-# and se_cotnetd_152 (blur pooling, found in no other model) runs it. The 101s' own compiled forward is
-# compared with eager in tests-integration/test_every_model.py, which compiles every registered model.
-_NO_COMPILE = tuple(c for c in CHECKS if c != "compile")
-_NO_COMPILE_REASON = (
-    "graph capture of the 50-layer sibling's blocks, checked there; compiled forward in "
-    "tests-integration/test_every_model.py (CI time)"
-)
-
-
-def _spec(name: str, **kwargs: object) -> ModelSpec:
+def _spec(name: str) -> ModelSpec:
     # compile checks graph capture and AOT autograd (aot_eager); the CoT layer's inductor path has its own
     # compiled-vs-eager tests in test_cot_layer.py
     return ModelSpec(
@@ -43,18 +31,17 @@ def _spec(name: str, **kwargs: object) -> ModelSpec:
         output_strides=(8, 16),
         round_trip_kwargs=_KWARGS,
         torchscript=True,
-        **kwargs,  # type: ignore[arg-type]
     )
 
 
 TestContract = contract_suite(
     [
         _spec("cotnet50"),
-        _spec("cotnet101", only=_NO_COMPILE, only_reason=_NO_COMPILE_REASON),
+        _spec("cotnet101"),
         _spec("cotnext50_2x48d"),
-        _spec("cotnext101_2x48d", only=_NO_COMPILE, only_reason=_NO_COMPILE_REASON),
+        _spec("cotnext101_2x48d"),
         _spec("se_cotnetd_50"),
-        _spec("se_cotnetd_101", only=_NO_COMPILE, only_reason=_NO_COMPILE_REASON),
+        _spec("se_cotnetd_101"),
         _spec("se_cotnetd_152"),
     ]
 )

@@ -350,9 +350,10 @@ def check_forward_intermediates(model: Any, spec: ModelSpec) -> None:
 
 
 def _train_step(m: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    # callers pass two separate copies, so one step's .grad tensors stay untouched by the other's
     out = m(x)
     _logits_loss(out).backward()
-    grads = {n: p.grad.detach().clone() for n, p in m.named_parameters() if p.grad is not None}
+    grads = {n: p.grad.detach() for n, p in m.named_parameters() if p.grad is not None}
     return out.detach(), grads
 
 
@@ -398,16 +399,14 @@ def fx_trace(model: nn.Module) -> torch.fx.GraphModule:
 def check_fx_trace(model: Any, spec: ModelSpec) -> None:
     """torch.fx symbolic tracing: the traced module equals the model forward and backward."""
     model, x = _precise(model, make_input(spec, _in_chans(model)), spec)  # traced code may take another path
-    m = copy.deepcopy(model)
     try:
-        traced = fx_trace(m)
+        traced = fx_trace(copy.deepcopy(model))
     except Exception as e:
         _fail(f"{spec.name}: torch.fx symbolic trace failed: {type(e).__name__}: {e}")
     with torch.no_grad():
         _close(traced(x), model(x), spec, "FX-traced vs eager outputs (eval)")
-    _same_training(
-        copy.deepcopy(model).train(), fx_trace(copy.deepcopy(model)).train(), x, spec, "FX training"
-    )
+    # the eval pass changed nothing, so the same traced copy takes the training step
+    _same_training(copy.deepcopy(model).train(), traced.train(), x, spec, "FX training")
 
 
 def check_fx_feature_extraction(model: Any, spec: ModelSpec) -> None:
