@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nox
@@ -141,7 +143,7 @@ def wheels(session: nox.Session) -> None:
 
     torch (several GB) is put into each fresh venv from uv's cache first to keep the session fast; pip then
     resolves everything else the wheel declares (timm, einops, safetensors, ctxnets-shared from its wheel)
-    as a user's ``pip install`` would.
+    as a user's ``pip install`` would. The six venvs are checked side by side.
     """
     _sync(session, "--only-group", "lint")  # gives the session venv a python; the work happens in fresh venvs
     work = Path(tempfile.mkdtemp(prefix="ctxnets-wheels-"))
@@ -157,33 +159,59 @@ def _check_wheels(session: nox.Session, work: Path) -> None:
         session.run(
             "uv", "build", "--package", name, "--no-sources", "--wheel", "--out-dir", str(dist), external=True
         )
+    # the six venvs are independent and their checks mostly single-threaded (pip, imports), so they run
+    # side by side; each package's log is printed whole, in order, once all are done
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(lambda p: _check_wheel(p, dist, work), PACKAGES))
+    failed = []
+    for package, log, error in results:
+        session.log(f"wheel of {_folder(package)}:\n{log}")
+        if error:
+            failed.append(f"{_folder(package)}: {error}")
+    if failed:
+        session.error("wheel checks failed:\n" + "\n".join(failed))
+
+
+def _check_wheel(package: str, dist: Path, work: Path) -> tuple[str, str, str | None]:
+    """Fresh venv, torch from uv's cache, the wheels with pip, then imports, the model and the console
+    script. Returns (package, its log, the failing command or None)."""
+    name, module, model = PACKAGES[package]
+    venv = work / f"venv-{package}"
+    py = str(venv / "bin" / "python")
     shared_whl = next(dist.glob("ctxnets_shared-*.whl"))
-    for package, (name, module, model) in PACKAGES.items():
-        venv = work / f"venv-{package}"
-        session.run(sys.executable, "-m", "venv", str(venv), external=True)
-        py = str(venv / "bin" / "python")
-        session.run("uv", "pip", "install", "--python", py, "torch", external=True)
-        wheel = next(dist.glob(f"{name.replace('-', '_')}-*.whl"))
-        wheels_to_install = [str(shared_whl)] if package == "shared" else [str(shared_whl), str(wheel)]
-        session.run(py, "-m", "pip", "install", "--quiet", *wheels_to_install, external=True)
-        check = f"import {module}, timm\nfrom ctxnets_shared import discover_packages\ndiscover_packages()\n"
-        if model:
-            check += f"m = timm.create_model({model!r})\n"
-            check += f"print({model!r}, sum(p.numel() for p in m.parameters()))\n"
-        if model and package != "gcnet":
-            # a GC composition without gcnet installed is a clear error naming it, not timm's other "gc"
-            # (one interpreter for both checks: each start imports torch and timm, seconds on 2 cores)
-            check += (
-                "try:\n"
-                f"    timm.create_model({model!r}, attn_layer='gc')\n"
-                "except ValueError as e:\n"
-                "    assert 'pip install gcnet' in str(e), e\n"
-                "    print('gc without gcnet:', e)\n"
-                "else:\n"
-                "    raise SystemExit('attn_layer=gc built without gcnet installed')\n"
-            )
-        session.run(py, "-c", check, external=True)
-        session.run(str(venv / "bin" / "ctxnets"), "list", external=True)
+    wheel = next(dist.glob(f"{name.replace('-', '_')}-*.whl"))
+    wheels_to_install = [str(shared_whl)] if package == "shared" else [str(shared_whl), str(wheel)]
+    check = f"import {module}, timm\nfrom ctxnets_shared import discover_packages\ndiscover_packages()\n"
+    if model:
+        check += f"m = timm.create_model({model!r})\n"
+        check += f"print({model!r}, sum(p.numel() for p in m.parameters()))\n"
+    if model and package != "gcnet":
+        # a GC composition without gcnet installed is a clear error naming it, not timm's other "gc"
+        # (one interpreter for both checks: each start imports torch and timm, seconds on 2 cores)
+        check += (
+            "try:\n"
+            f"    timm.create_model({model!r}, attn_layer='gc')\n"
+            "except ValueError as e:\n"
+            "    assert 'pip install gcnet' in str(e), e\n"
+            "    print('gc without gcnet:', e)\n"
+            "else:\n"
+            "    raise SystemExit('attn_layer=gc built without gcnet installed')\n"
+        )
+    commands = [
+        [sys.executable, "-m", "venv", str(venv)],
+        [shutil.which("uv") or "uv", "pip", "install", "--python", py, "torch"],
+        [py, "-m", "pip", "install", "--quiet", *wheels_to_install],
+        [py, "-c", check],
+        [str(venv / "bin" / "ctxnets"), "list"],
+    ]
+    log = []
+    for cmd in commands:
+        shown = " ".join(cmd) if cmd[1] != "-c" else f"{cmd[0]} -c <import and model check>"
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        log.append(f"$ {shown}\n{res.stdout}{res.stderr}".rstrip())
+        if res.returncode != 0:
+            return package, "\n".join(log), f"exit {res.returncode}: {shown}"
+    return package, "\n".join(log), None
 
 
 @nox.session
