@@ -158,6 +158,10 @@ def test_fused_cpu_path_picks_inference_training_or_none() -> None:
     assert fused_cpu_path(x.requires_grad_(), layer) == "training"
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert fused_cpu_path(x, layer) is None
+    # eager training takes the Function whether or not the batch fits one chunk (under torch.compile a
+    # single chunk gets None: container's test_mlp.py compiles both cases)
+    assert fused_cpu_path(x, layer, hidden=4, chunk_bytes=10**9) == "training"
+    assert fused_cpu_path(x, layer, hidden=4, chunk_bytes=1) == "training"
 
 
 def test_images_per_chunk_fits_the_budget_and_takes_at_least_one_image() -> None:

@@ -14,7 +14,9 @@ allocations:
   pre-activation it keeps, and every temporary, is a buffer glibc reuses), keeps only the pre-activation
   ``h`` for backward, recomputes ``a = GELU(h)`` there, and writes ``dL/da`` into ``a``'s buffer and
   ``dL/dh`` into ``h``'s once each has been read. Under ``torch.compile`` it runs eagerly, as a graph
-  break: what it saves is allocation, which inductor's generated code does not avoid either.
+  break, where the batch needs more than one chunk (stage 1 at batch 8 and 224): what it saves there
+  is allocation, which inductor's generated code does not avoid either. A batch that fits one chunk
+  runs the plain layers inside the graph, which measured faster than the break (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -184,7 +186,7 @@ class ConvMlp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C_out, H, W)."""
         if not torch.jit.is_scripting():
-            path = fused_cpu_path(x, self) if self.fused else None
+            path = fused_cpu_path(x, self, self.fc1.out_channels, self.chunk_bytes) if self.fused else None
             if path == "inference":
                 return conv_mlp_chunked(x, self.fc1, self.fc2, self.chunk_bytes)
             if path == "training":

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ctxnets_shared.layers.chunking import images_per_chunk
+
 __all__ = ["fused_cpu_path", "is_plain_cpu", "is_traced"]
 
 
@@ -30,18 +32,34 @@ def is_plain_cpu(x: torch.Tensor) -> bool:
     return not is_traced(x) and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
 
 
-def fused_cpu_path(x: torch.Tensor, module: nn.Module) -> str | None:
+def fused_cpu_path(
+    x: torch.Tensor, module: nn.Module, hidden: int | None = None, chunk_bytes: int | None = None
+) -> str | None:
     """Which fused CPU path ``module`` may take for ``x``: ``"inference"`` when no gradient is needed,
-    ``"training"`` when one is (both in eager mode and under ``torch.compile``), None for the plain ops
-    (tracing, export, another device, autocast).
+    ``"training"`` when one is, None for the plain ops (tracing, export, another device, autocast).
 
-    Under ``torch.compile`` a training path is meant to run eagerly: call it through
-    ``torch.compiler.disable`` (a graph break), since an autograd Function whose backward writes into
-    buffers it owns is an eager-memory device that a traced graph gains nothing from.
+    Under ``torch.compile`` a training path is meant to run eagerly, through ``torch.compiler.disable``
+    (a graph break), since an autograd Function whose backward writes into buffers it owns is an
+    eager-memory device that a traced graph gains nothing from. The break pays only where the Function
+    avoids allocations glibc would map fresh: given the layer's widest activation (``hidden`` channels at
+    x's size) and its ``chunk_bytes``, compiled training takes the Function only when the batch needs
+    more than one chunk (:func:`images_per_chunk`), and otherwise gets None, so the plain ops stay in the
+    graph. That suits a layer whose plain ops inductor runs about as well as the Function (CONTAINER's
+    MLP: compiled training 0.86x -> 0.93x ResNet-50's); a layer whose Function saves more (HIRI-ViT's
+    CFFN keeps one hidden tensor of three) leaves both None and always takes it (docs/benchmarks.md).
     """
     if not is_plain_cpu(x):
         return None
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or any(p.requires_grad for p in module.parameters())
     )
-    return "training" if needs_grad else "inference"
+    if not needs_grad:
+        return "inference"
+    one_chunk = (
+        hidden is not None
+        and chunk_bytes is not None
+        and images_per_chunk(x, hidden, chunk_bytes) >= x.shape[0]
+    )
+    if one_chunk and torch.compiler.is_compiling():
+        return None
+    return "training"
