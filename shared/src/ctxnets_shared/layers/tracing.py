@@ -45,8 +45,9 @@ def fused_cpu_path(
     x's size) and its ``chunk_bytes``, compiled training takes the Function only when the batch needs
     more than one chunk (:func:`images_per_chunk`), and otherwise gets None, so the plain ops stay in the
     graph. That suits a layer whose plain ops inductor runs about as well as the Function (CONTAINER's
-    MLP: compiled training 0.86x -> 0.93x ResNet-50's); a layer whose Function saves more (HIRI-ViT's
-    CFFN keeps one hidden tensor of three) leaves both None and always takes it (docs/benchmarks.md).
+    MLP: compiled training 0.81x-0.86x -> 0.86x-0.97x ResNet-50's); a layer whose Function saves more
+    (HIRI-ViT's CFFN keeps one hidden tensor of three) leaves both None and always takes it
+    (docs/benchmarks.md).
     """
     if not is_plain_cpu(x):
         return None

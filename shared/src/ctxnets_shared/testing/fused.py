@@ -87,9 +87,12 @@ def assert_compiled_training_matches(
     x: torch.Tensor,
     grad_out: torch.Tensor,
     function: type[torch.autograd.Function],
+    *,
+    runs_function: bool = True,
 ) -> None:
-    """Under ``torch.compile`` (aot_eager) the fused module still runs its training ``function`` (eagerly,
-    as a graph break) and gives the plain gradients."""
+    """Under ``torch.compile`` (aot_eager) the fused module gives the plain gradients, and runs its training
+    ``function`` (eagerly, as a graph break) or, with ``runs_function=False``, does not: then it is compiled
+    with ``fullgraph=True``, so a graph break fails too."""
     calls: list[int] = []
     own = function.__dict__.get("apply")
     real = function.apply
@@ -101,7 +104,8 @@ def assert_compiled_training_matches(
     function.apply = spy  # type: ignore[method-assign]
     torch._dynamo.reset()
     try:
-        compiled = cast(nn.Module, torch.compile(fused, backend="aot_eager"))  # an OptimizedModule
+        # an OptimizedModule
+        compiled = cast(nn.Module, torch.compile(fused, backend="aot_eager", fullgraph=not runs_function))
         got = input_and_param_grads(compiled, x, grad_out)
     finally:
         torch._dynamo.reset()
@@ -109,6 +113,9 @@ def assert_compiled_training_matches(
             del function.apply
         else:
             function.apply = own  # type: ignore[method-assign]
-    assert calls, f"the compiled module did not run {function.__name__}"
+    if runs_function:
+        assert calls, f"the compiled module did not run {function.__name__}"
+    else:
+        assert not calls, f"the compiled module ran {function.__name__} ({len(calls)} calls)"
     for g, w in zip(got, input_and_param_grads(plain, x, grad_out), strict=True):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
