@@ -144,9 +144,9 @@ def test_same_parameters_and_keys_as_nn_conv2d():
 
 @pytest.mark.parametrize("kernel_size", [0, 4, -3])
 def test_even_or_non_positive_kernel_is_refused(kernel_size):
-    with pytest.raises(ValueError, match="odd and positive"):
+    with pytest.raises(ValueError, match="kernel_size odd and positive, got"):
         DepthwiseConv2d(C, kernel_size)
-    with pytest.raises(ValueError, match="odd and positive"):
+    with pytest.raises(ValueError, match="kernel_size odd and positive, got"):
         depthwise_weight_grad(torch.zeros(1, 1, 3, 3), torch.zeros(1, 1, 3, 3), kernel_size)
 
 

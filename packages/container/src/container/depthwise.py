@@ -22,6 +22,11 @@ from ctxnets_shared.layers import is_plain_cpu
 __all__ = ["DepthwiseConv2d", "depthwise_weight_grad"]
 
 
+def _check_kernel_size(kernel_size: int) -> None:
+    if kernel_size % 2 == 0 or kernel_size < 1:
+        raise ValueError(f"a 'same' depthwise conv needs kernel_size odd and positive, got {kernel_size}")
+
+
 def _shift_columns(grad: torch.Tensor, s: int) -> torch.Tensor:
     # out[..., w] = grad[..., w - s], zero where w - s is outside the map
     width = grad.shape[-1]
@@ -48,17 +53,18 @@ def depthwise_weight_grad(grad: torch.Tensor, x: torch.Tensor, kernel_size: int)
     Returns:
         (C, 1, k, k), equal to ``torch.ops.aten.convolution_backward``'s weight gradient.
     """
-    if kernel_size % 2 == 0 or kernel_size < 1:
-        raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
+    _check_kernel_size(kernel_size)
     channels, p = x.shape[1], kernel_size // 2
     x = x.contiguous(memory_format=torch.channels_last)
     grad = grad.contiguous(memory_format=torch.channels_last)
+    weight_grad = [False, True, False]
     if p <= 1:
-        return _weight_grad(grad, x, kernel_size, kernel_size, p)
-    stub = x.new_empty(channels, 1, kernel_size, 3)
+        full = x.new_empty(channels, 1, kernel_size, kernel_size)  # only its shape is read
+        return _depthwise_backward(grad, x, full, [p, p], weight_grad)
+    narrow = x.new_empty(channels, 1, kernel_size, 3)
 
     def three_columns(g: torch.Tensor) -> torch.Tensor:
-        return _weight_grad(g, x, kernel_size, 3, p, stub)
+        return _depthwise_backward(g, x, narrow, [p, 1], weight_grad)
 
     out = x.new_empty(channels, 1, kernel_size, kernel_size)
     out[..., p - 1 : p + 2] = three_columns(grad)
@@ -67,19 +73,6 @@ def depthwise_weight_grad(grad: torch.Tensor, x: torch.Tensor, kernel_size: int)
         out[..., p + s : p + s + n] = three_columns(_shift_columns(grad, s))[..., 1 : 1 + n]
         out[..., p - s - n + 1 : p - s + 1] = three_columns(_shift_columns(grad, -s))[..., 2 - n : 2]
     return out
-
-
-def _weight_grad(
-    grad: torch.Tensor,
-    x: torch.Tensor,
-    height: int,
-    width: int,
-    pad_h: int,
-    stub: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The weight gradient of a depthwise ``height x width`` conv padded (pad_h, width // 2)."""
-    weight = x.new_empty(x.shape[1], 1, height, width) if stub is None else stub
-    return _depthwise_backward(grad, x, weight, [pad_h, width // 2], [False, True, False])
 
 
 def _depthwise_backward(
@@ -131,8 +124,7 @@ class DepthwiseConv2d(nn.Conv2d):
     """
 
     def __init__(self, dim: int, kernel_size: int, bias: bool = True, fast_weight_grad: bool = True) -> None:
-        if kernel_size % 2 == 0 or kernel_size < 1:
-            raise ValueError(f"kernel_size must be odd and positive got {kernel_size}")
+        _check_kernel_size(kernel_size)
         super().__init__(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=bias)
         self.fast_weight_grad = fast_weight_grad
 
