@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from hiri_vit import CFFN, HRBlock, HRStem, IRDSa, IRDSb, MultiHeadAttention, TransformerBlock
 from hiri_vit.heads import AvgPoolHead, ClassAttentionHead
+from hiri_vit.transformer_block import token_linear
 
 
 def _randomise(module: nn.Module, seed: int = 0) -> nn.Module:
@@ -74,6 +75,48 @@ def test_fused_attention_equals_formula(sr_ratio):
     x = torch.randn(2, 4, 6, 64)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), plain(x), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_attention_training_gradients_equal_formula_float64():
+    """The fused path's 1x1-convolution projections give nn.Linear's values and gradients."""
+    torch.manual_seed(0)
+    fused = MultiHeadAttention(64, 2).double()
+    plain = MultiHeadAttention(64, 2, fused_attn=False).double()
+    plain.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 4, 6, 64, dtype=torch.float64)
+    xf, xp = x.clone().requires_grad_(), x.clone().requires_grad_()
+    grad = torch.randn(2, 4, 6, 64, dtype=torch.float64)
+    yf, yp = fused(xf), plain(xp)
+    torch.testing.assert_close(yf, yp, rtol=1e-10, atol=1e-10)
+    yf.backward(grad)
+    yp.backward(grad)
+    torch.testing.assert_close(xf.grad, xp.grad, rtol=1e-10, atol=1e-10)
+    for (name, p), q in zip(fused.named_parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_token_linear_is_the_linear_layer_and_defers_to_hooks_and_subclasses():
+    torch.manual_seed(0)
+    lin = nn.Linear(8, 5)
+    x = torch.randn(2, 3, 4, 8)
+    out = token_linear(x, lin)
+    assert out.shape == (2, 3, 4, 5) and out.is_contiguous()
+    torch.testing.assert_close(out, lin(x), rtol=1e-5, atol=1e-6)
+
+    calls: list[str] = []
+    handle = lin.register_forward_hook(lambda _m, _i, _o: calls.append("hook"))
+    token_linear(x, lin)
+    handle.remove()
+
+    class Scaled(nn.Linear):  # e.g. a LoRA wrapper: its own forward must run
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            calls.append("subclass")
+            return super().forward(t) * 2
+
+    scaled = Scaled(8, 5)
+    scaled.load_state_dict(lin.state_dict())
+    torch.testing.assert_close(token_linear(x, scaled), 2 * lin(x))
+    assert calls == ["hook", "subclass"]
 
 
 def test_attention_matches_reference_softmax():

@@ -5,13 +5,15 @@ The CFFN's three hidden-width tensors (``h = FC(X)``, ``z = act(h)``, ``DWConv(z
 activations of stages 3-5. On CPU every fresh tensor of that size costs page faults as well as arithmetic
 (docs/benchmarks.md), so with GELU the module has faster CPU paths that keep the maths:
 
-- inference runs a few images at a time, at most ``chunk_bytes`` of hidden activation each, with GELU and
-  the residual add in place;
+- both fold the residual ``+ z`` into the depthwise kernel (1 added to every filter's centre tap), so
+  ``DWConv(z) + z`` is one convolution, and in backward its data gradient already includes the identity;
+- inference runs a few images at a time, at most ``chunk_bytes`` of hidden activation each, with GELU in
+  place;
 - training uses :class:`_CFFNFunction`, which also works a few whole images at a time (so what it keeps
   and every temporary is a buffer glibc reuses), keeps only ``h`` for backward (the tensors a training
   step holds until its backward are the ones that come back as fresh pages every step) and recomputes
-  ``z`` and ``DWConv(z) + z`` there, two cheap ops, into buffers that then take the gradients. Under
-  ``torch.compile`` it runs eagerly, as a graph break.
+  ``z`` and ``DWConv(z) + z`` there, two cheap ops. Under ``torch.compile`` it runs eagerly, as a graph
+  break.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from torch.autograd.function import once_differentiable
 from ctxnets_shared.layers import (
     AttnLayerSpec,
     conv1x1_backward,
-    conv1x1_input_grad_into,
+    conv1x1_input_grad,
     create_attn_layer,
     fused_cpu_path,
     images_per_chunk,
@@ -56,10 +58,19 @@ def _dwconv(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
     return F.conv2d(z, weight, bias, padding=weight.shape[-1] // 2, groups=weight.shape[0])
 
 
+def _with_identity(weight: torch.Tensor) -> torch.Tensor:
+    """A copy of a (C, 1, k, k) depthwise kernel (k odd, "same" padding) with 1 added to every centre tap,
+    so that ``DWConv'(z) = DWConv(z) + z``."""
+    folded = weight.detach().clone()
+    centre = weight.shape[-1] // 2
+    folded[:, :, centre, centre] += 1
+    return folded
+
+
 class _CFFNFunction(torch.autograd.Function):
     """(x, W1, b1, Wd, bd, W2, b2) -> ``W2 * (DWConv(z) + z) + b2``, ``z = GELU(W1 * x + b1)``, a few images
-    at a time, keeping only each chunk's ``h = W1 * x + b1`` for a backward that recomputes the rest into
-    the buffers its gradients reuse."""
+    at a time, keeping only each chunk's ``h = W1 * x + b1`` for a backward that recomputes the rest and
+    writes ``dL/dh`` into ``h``."""
 
     @staticmethod
     def forward(
@@ -75,10 +86,11 @@ class _CFFNFunction(torch.autograd.Function):
         per_chunk: int,
     ) -> torch.Tensor:
         hs, outs = [], []
+        wd_plus_identity = _with_identity(wd)
         for xs in x.split(per_chunk):
             h = F.conv2d(xs, w1, b1)
             z = F.gelu(h, approximate=approximate)
-            outs.append(F.conv2d(_dwconv(z, wd, bd).add_(z), w2, b2))
+            outs.append(F.conv2d(_dwconv(z, wd_plus_identity, bd), w2, b2))
             hs.append(h)
         ctx.save_for_backward(x, w1, b1, wd, bd, w2)
         # the h chunks live on ctx (not saved_tensors) because backward overwrites them with dL/dh
@@ -100,23 +112,24 @@ class _CFFNFunction(torch.autograd.Function):
         ctx.hs = None
         hidden = wd.shape[0]
         pad = wd.shape[-1] // 2
+        wd_plus_identity = _with_identity(wd)
         grad_xs: list[torch.Tensor] = []
         param_grads: list[torch.Tensor | None] = [None] * 6  # w1, b1, wd, bd, w2, b2
         for xs, gs, h in zip(x.split(n), grad.split(n), hs):
             h = F.conv2d(xs, w1, b1) if h is None else h
             z = F.gelu(h, approximate=ctx.approximate)
-            s = _dwconv(z, wd, bd).add_(z)
+            s = _dwconv(z, wd_plus_identity, bd)  # DWConv(z) + z
             _, grad_w2, grad_b2 = conv1x1_backward(gs, s, w2, [False, need_w2, need_b2 and has_b2])
-            # s and h are ours (never returned), so once read they can hold gradients
-            grad_s = conv1x1_input_grad_into(gs, w2, s)
-            if grad_s is None:
-                grad_s = conv1x1_backward(gs, s, w2, [True, False, False])[0]
+            del s
+            grad_s = conv1x1_input_grad(gs, w2)
+            # the folded kernel's data gradient is d(DWConv(z) + z)/dz; its weight gradient is DWConv's
             dw: Any = torch.ops.aten.convolution_backward(
-                grad_s, z, wd, [hidden], [1, 1], [pad, pad], [1, 1], False, [0, 0], hidden,
+                grad_s, z, wd_plus_identity, [hidden], [1, 1], [pad, pad], [1, 1], False, [0, 0], hidden,
                 [True, need_wd, need_bd and has_bd],
             )  # fmt: skip
-            grad_z = dw[0].add_(grad_s)  # d(DWConv(z) + z)/dz
-            del z, s, grad_s
+            grad_z = dw[0]
+            del z, grad_s
+            # h is ours (never returned), so once read it can hold dL/dh
             if grad_z.stride() == h.stride():
                 grad_h = torch.ops.aten.gelu_backward.grad_input(
                     grad_z, h, approximate=ctx.approximate, grad_input=h
@@ -162,14 +175,18 @@ _cffn_train_eager = torch.compiler.disable(cffn_train)
 
 def cffn_chunked(x: torch.Tensor, cffn: CFFN, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
     """``CFFN(x)`` (GELU) without autograd: (B, C, H, W) -> (B, C, H, W), whole images at a time with at
-    most ``chunk_bytes`` of hidden activation (one image when one is larger), GELU and add in place."""
+    most ``chunk_bytes`` of hidden activation (one image when one is larger), GELU in place and the residual
+    folded into the depthwise kernel."""
     approximate = gelu_approximation(cffn.act)
     if approximate is None:
         raise TypeError(f"cffn_chunked needs a GELU activation, got {type(cffn.act).__name__}")
 
+    dwconv = cffn.dwconv
+    wd_plus_identity = _with_identity(dwconv.weight)
+
     def run(xs: torch.Tensor) -> torch.Tensor:
         z = torch.ops.aten.gelu_(cffn.fc1(xs), approximate=approximate)
-        return cffn.fc2(cffn.dwconv(z).add_(z))
+        return cffn.fc2(_dwconv(z, wd_plus_identity, dwconv.bias))  # DWConv(z) + z
 
     per_chunk = images_per_chunk(x, cffn.fc1.out_channels, chunk_bytes)
     if per_chunk >= x.shape[0]:

@@ -5,6 +5,10 @@ The block works on channels-last token maps (B, H, W, C): LayerNorm and the atte
 act on the last axis, and the CFFN sees the same memory as a channels-last (B, C, H, W) view, so no layout
 copy is made between the two halves. The paper replaces the LayerNorm before the CFFN by BatchNorm
 (Sec. 5.3, 7.6% faster inference).
+
+On CPU the fused attention also runs its query/key/value and output projections as 1x1 convolutions over
+that channels-last view (:func:`token_linear`): the same products on oneDNN's convolution kernels, which
+beat the BLAS matrix product that ``nn.Linear`` calls on the AMD CPUs we benchmark on (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -16,10 +20,26 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath
 
-from ctxnets_shared.layers import AttnLayerSpec, create_attn_layer
+from ctxnets_shared.layers import AttnLayerSpec, create_attn_layer, is_plain_cpu
 from hiri_vit.cffn import CFFN
 
-__all__ = ["MultiHeadAttention", "TransformerBlock", "attention"]
+__all__ = ["MultiHeadAttention", "TransformerBlock", "attention", "token_linear"]
+
+
+def token_linear(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """``linear`` over the last axis of a contiguous (B, H, W, C) token map: -> (B, H, W, C_out).
+
+    On plain CPU (not traced, no autocast) an ``nn.Linear`` without hooks runs as a 1x1 convolution of the
+    channels-last (B, C, H, W) view of the same memory, whose output is again (B, H, W, C_out) in memory;
+    anything else (another device, a tracer, a subclass such as a LoRA wrapper, a hooked module) calls
+    the module.
+    """
+    plain = type(linear) is nn.Linear and not linear._forward_hooks and not linear._forward_pre_hooks
+    if not (plain and is_plain_cpu(x) and x.is_contiguous()):
+        return linear(x)
+    weight = linear.weight
+    y = F.conv2d(x.permute(0, 3, 1, 2), weight.reshape(*weight.shape, 1, 1), linear.bias)
+    return y.permute(0, 2, 3, 1)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fused: bool = True) -> torch.Tensor:
@@ -46,7 +66,8 @@ class MultiHeadAttention(nn.Module):
         qkv_bias: bias in the query/key/value projection.
         sr_ratio: spatial reduction of keys and values (PVT-style strided conv + LayerNorm); 1 (the
             default, our reading of the paper) attends to every token.
-        fused_attn: ``F.scaled_dot_product_attention`` instead of the plain formula.
+        fused_attn: ``F.scaled_dot_product_attention``, and on CPU the projections through
+            :func:`token_linear`, instead of the plain formula and ``nn.Linear`` calls.
     """
 
     def __init__(
@@ -86,10 +107,12 @@ class MultiHeadAttention(nn.Module):
             reduced = self.sr(x.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
             q = self._heads(F.linear(tokens, w_q, b_q), 1)[0]
             k, v = self._heads(F.linear(self.sr_norm(reduced), w_kv, b_kv), 2).unbind(0)
+        elif self.fused_attn:
+            q, k, v = self._heads(token_linear(x, self.qkv).flatten(1, 2), 3).unbind(0)
         else:
             q, k, v = self._heads(self.qkv(tokens), 3).unbind(0)
-        out = attention(q, k, v, self.fused_attn).transpose(1, 2).flatten(2)
-        return self.proj(out).reshape(x.shape)
+        out = attention(q, k, v, self.fused_attn).transpose(1, 2).reshape(x.shape)
+        return token_linear(out, self.proj) if self.fused_attn else self.proj(out)
 
 
 class TransformerBlock(nn.Module):
