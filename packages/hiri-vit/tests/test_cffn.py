@@ -174,20 +174,36 @@ def test_hiri_vit_s_training_takes_the_fused_function_in_every_cffn(monkeypatch,
     """Stage 3 is NCHW-strided channels-last, stages 4-5 a permuted token view: every CFFN's backward
     computes the fc2 input gradient as a 1x1 convolution with the transposed weight."""
     seen: list[tuple[int, ...]] = []
-    real = cffn_module.conv1x1_input_grad
+    real = cffn_module._conv1x1_input_grad
 
     def spy(grad, weight):
         out = real(grad, weight)
         seen.append(tuple(out.shape))
         return out
 
-    monkeypatch.setattr(cffn_module, "conv1x1_input_grad", spy)
+    monkeypatch.setattr(cffn_module, "_conv1x1_input_grad", spy)
     fused, _ = s_pair
     fused.train()(float64_input(2, 3, 64, 64)).sum().backward()
     # hiri_vit_s depths (2, 2, 2, 9, 4), widths (32, 64, 128, 320, 512), CFFN expansion 6 in stage 3 and
     # 5 in stages 4-5 (specs/hiri-vit.md): stage 3 at 64 / 16 = 4, stage 4 at 2, stage 5 at 1; backward
     # runs the stages last to first
     assert seen == [(2, 2560, 1, 1)] * 4 + [(2, 1600, 2, 2)] * 9 + [(2, 768, 4, 4)] * 2
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
+def test_fc_input_gradient_is_autograds(layout):
+    """The transposed-weight 1x1 convolution the Function's backward uses for dL/ds equals autograd's."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 4, 3, dtype=torch.float64, generator=gen)
+    grad = torch.randn(2, 7, 4, 3, dtype=torch.float64, generator=gen)
+    if layout == "channels_last":
+        grad = grad.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        grad = torch.randn(2, 7, 4, 6, dtype=torch.float64, generator=gen)[..., ::2]
+    weight = torch.randn(7, 5, 1, 1, dtype=torch.float64, generator=gen)
+    xr = x.clone().requires_grad_()
+    (want,) = torch.autograd.grad(F.conv2d(xr, weight), [xr], grad)
+    torch.testing.assert_close(cffn_module._conv1x1_input_grad(grad, weight), want, rtol=1e-12, atol=1e-12)
 
 
 def test_the_folded_depthwise_kernel_is_dwconv_plus_identity():

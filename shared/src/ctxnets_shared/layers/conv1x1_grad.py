@@ -1,12 +1,9 @@
-"""Gradients of stride-1, unpadded 1x1 convolutions, for the custom autograd Functions of CONTAINER's MLP
-and HIRI-ViT's CFFN.
+"""Gradients of stride-1, unpadded 1x1 convolutions, for custom autograd Functions whose backward writes
+into buffers it already owns (CONTAINER's MLP, HIRI-ViT's CFFN).
 
 On CPU every fresh activation-sized tensor costs page faults as well as the arithmetic (glibc returns
 large freed blocks to the kernel; docs/benchmarks.md measures it). A backward that writes a 1x1
-convolution's input gradient into the saved activation it no longer needs avoids one such allocation
-(:func:`conv1x1_input_grad_into`, a BLAS product). Where the product is wide, oneDNN's convolution
-kernel computes the same gradient sooner than the BLAS product even with the allocation
-(:func:`conv1x1_input_grad`).
+convolution's input gradient into the saved activation it no longer needs avoids one such allocation.
 """
 
 from __future__ import annotations
@@ -15,7 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["conv1x1_backward", "conv1x1_input_grad", "conv1x1_input_grad_into"]
+__all__ = ["conv1x1_backward", "conv1x1_input_grad_into"]
 
 
 def conv1x1_backward(
@@ -34,25 +31,6 @@ def conv1x1_backward(
         grad, x, weight, [weight.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask
     )
     return out[0], out[1], out[2]
-
-
-def conv1x1_input_grad(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``dL/dx`` of a 1x1 convolution, as the 1x1 convolution of ``grad`` with the transposed weight.
-
-    ``W^T g`` at every position is itself a 1x1 convolution, so it runs on oneDNN's forward kernel. With
-    MKL's BLAS on this project's AMD CPUs that is 1.2-1.6x faster than the (B*H*W, C_out) x (C_out, C_in)
-    product of :func:`conv1x1_input_grad_into` for HIRI-ViT's CFFN shapes (docs/benchmarks.md), and faster
-    than ``convolution_backward``'s data gradient.
-
-    Args:
-        grad: (B, C_out, H, W) gradient of the output.
-        weight: (C_out, C_in, 1, 1).
-
-    Returns:
-        (B, C_in, H, W), in ``grad``'s memory format.
-    """
-    # a contiguous transposed weight: oneDNN reorders a strided one on every call
-    return torch.nn.functional.conv2d(grad, weight.transpose(0, 1).contiguous())
 
 
 def conv1x1_input_grad_into(
