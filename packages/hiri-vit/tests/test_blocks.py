@@ -102,6 +102,10 @@ def test_token_linear_is_the_linear_layer_and_defers_to_hooks_and_subclasses():
     out = token_linear(x, lin)
     assert out.shape == (2, 3, 4, 5) and out.is_contiguous()
     torch.testing.assert_close(out, lin(x), rtol=1e-5, atol=1e-6)
+    tokens = x.flatten(1, 2)  # (B, N, C): not a map, so the module runs
+    torch.testing.assert_close(token_linear(tokens, lin), lin(tokens))
+    with pytest.raises(RuntimeError, match="expected input.*to have 8 channels, but got 6"):
+        token_linear(torch.randn(2, 3, 4, 6), lin)
 
     calls: list[str] = []
     handle = lin.register_forward_hook(lambda _m, _i, _o: calls.append("hook"))

@@ -102,9 +102,12 @@ class HiriViT(nn.Module):
         attn_layer: attention (name, callable ``channels -> nn.Module`` or None) inserted on the FFN branch
             of every block of ``attn_stages``, before the residual add (e.g. "gc" from gcnet, "se", "eca").
         attn_stages: 0-based stage indices (0..4) that get ``attn_layer``.
-        fused_attn: ``F.scaled_dot_product_attention`` (True) or the plain attention formula.
+        fused_attn: ``F.scaled_dot_product_attention`` and, on CPU, the attention's projections as oneDNN
+            1x1 convolutions (:func:`~hiri_vit.transformer_block.token_linear`) (True), or the plain
+            attention formula with ``nn.Linear`` calls.
         fused_mlp: the CFFNs' faster CPU paths (:class:`~hiri_vit.cffn.CFFN`: chunked inference with GELU
-            in place, a training backward that reuses its buffers; same maths).
+            in place and the residual folded into the depthwise kernel, a training Function that keeps one
+            hidden tensor for backward; same maths).
         channels_last: run in channels-last memory from the stem on (the same values; on CPU oneDNN's
             depthwise and 1x1 convolutions are about 1.6x faster that way, and the token stages use that
             layout anyway). Feature maps are still (B, C, H, W) tensors, with channels-last strides.

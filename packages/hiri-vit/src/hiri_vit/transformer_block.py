@@ -31,11 +31,11 @@ def token_linear(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
 
     On plain CPU (not traced, no autocast) an ``nn.Linear`` without hooks runs as a 1x1 convolution of the
     channels-last (B, C, H, W) view of the same memory, whose output is again (B, H, W, C_out) in memory;
-    anything else (another device, a tracer, a subclass such as a LoRA wrapper, a hooked module) calls
-    the module.
+    anything else (another device, a tracer, a subclass such as a LoRA wrapper, a hooked module, an input
+    that is not a contiguous 4-D map) calls the module.
     """
     plain = type(linear) is nn.Linear and not linear._forward_hooks and not linear._forward_pre_hooks
-    if not (plain and is_plain_cpu(x) and x.is_contiguous()):
+    if not (plain and x.dim() == 4 and is_plain_cpu(x) and x.is_contiguous()):
         return linear(x)
     weight = linear.weight
     y = F.conv2d(x.permute(0, 3, 1, 2), weight.reshape(*weight.shape, 1, 1), linear.bias)
