@@ -35,7 +35,8 @@ def token_linear(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     that is not a contiguous 4-D map) calls the module.
     """
     plain = type(linear) is nn.Linear and not linear._forward_hooks and not linear._forward_pre_hooks
-    if not (plain and x.dim() == 4 and is_plain_cpu(x) and x.is_contiguous()):
+    # is_plain_cpu first: under FX x is a Proxy, whose dim() cannot be branched on
+    if not (plain and is_plain_cpu(x) and x.dim() == 4 and x.is_contiguous()):
         return linear(x)
     weight = linear.weight
     y = F.conv2d(x.permute(0, 3, 1, 2), weight.reshape(*weight.shape, 1, 1), linear.bias)
