@@ -162,14 +162,39 @@ def test_container_training_backward_writes_into_the_saved_activations(monkeypat
     import container.mlp as mlp
 
     written: list[bool] = []
-    real = mlp.conv1x1_input_grad_into
+    real = mlp._conv1x1_input_grad_into
 
     def spy(grad, weight, buffer):
         out = real(grad, weight, buffer)
         written.append(out is not None)
         return out
 
-    monkeypatch.setattr(mlp, "conv1x1_input_grad_into", spy)
+    monkeypatch.setattr(mlp, "_conv1x1_input_grad_into", spy)
     model = timm.create_model("container_v1_light", num_classes=10).train()
     model(torch.randn(2, 3, 64, 64)).sum().backward()
     assert written == [True] * 18
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
+def test_fc2_input_gradient_fills_the_buffer_with_autograds(layout):
+    """The backward's ``dL/da`` written into ``a``'s buffer equals autograd's; a buffer that is neither NCHW
+    nor channels-last is refused (None), and the caller allocates."""
+    from container.mlp import _conv1x1_input_grad_into
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 4, 3, dtype=torch.float64, generator=gen)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = torch.randn(2, 5, 4, 6, dtype=torch.float64, generator=gen)[..., ::2]
+    weight = torch.randn(7, 5, 1, 1, dtype=torch.float64, generator=gen)
+    grad = torch.randn(2, 7, 4, 3, dtype=torch.float64, generator=gen)
+    xr = x.clone().requires_grad_()
+    (want,) = torch.autograd.grad(torch.nn.functional.conv2d(xr, weight), [xr], grad)
+    buffer = x.clone() if layout != "strided" else x
+    out = _conv1x1_input_grad_into(grad, weight, buffer)
+    if layout == "strided":
+        assert out is None
+    else:
+        assert out is buffer
+        torch.testing.assert_close(buffer, want, rtol=1e-12, atol=1e-12)

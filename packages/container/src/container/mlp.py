@@ -28,17 +28,40 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from ctxnets_shared.layers import (
-    conv1x1_backward,
-    conv1x1_input_grad_into,
-    fused_cpu_path,
-    images_per_chunk,
-)
+from ctxnets_shared.layers import conv1x1_backward, fused_cpu_path, images_per_chunk
 
 __all__ = ["ConvMlp", "conv_mlp_chunked", "conv_mlp_train"]
 
 #: hidden-activation bytes a chunk of the faster paths holds (under glibc's 32 MB mmap ceiling)
 DEFAULT_CHUNK_BYTES = 16 * 2**20
+
+
+def _conv1x1_input_grad_into(
+    grad: torch.Tensor, weight: torch.Tensor, buffer: torch.Tensor
+) -> torch.Tensor | None:
+    """``dL/dx`` of a 1x1 convolution written into ``buffer`` (x's shape), or None when ``buffer`` is
+    neither NCHW- nor channels-last-contiguous (the caller then allocates).
+
+    A 1x1 convolution is a matrix product over channels, so its input gradient is ``W^T g`` at every
+    position: a batched (C_in, C_out) x (C_out, H*W) product in NCHW, one (B*H*W, C_out) x (C_out, C_in)
+    product in channels-last.
+
+    Args:
+        grad: (B, C_out, H, W) gradient of the output.
+        weight: (C_out, C_in, 1, 1).
+        buffer: (B, C_in, H, W) tensor to overwrite.
+    """
+    b, c_in = buffer.shape[:2]
+    w = weight.reshape(weight.shape[0], c_in)
+    if buffer.is_contiguous():
+        g = grad.contiguous().reshape(b, w.shape[0], -1)
+        torch.matmul(w.t(), g, out=buffer.reshape(b, c_in, -1))
+        return buffer
+    if buffer.is_contiguous(memory_format=torch.channels_last):
+        g = grad.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, w.shape[0])
+        torch.mm(g, w, out=buffer.permute(0, 2, 3, 1).reshape(-1, c_in))
+        return buffer
+    return None
 
 
 class _ConvMlpFunction(torch.autograd.Function):
@@ -86,7 +109,7 @@ class _ConvMlpFunction(torch.autograd.Function):
             _, grad_w2, grad_b2 = conv1x1_backward(gs, a, w2, mask2)
             # a and h are ours (never returned), so once read they can hold the gradients; GELU keeps
             # h's strides, so dL/da in a's buffer matches h for the in-place gelu_backward
-            grad_a = conv1x1_input_grad_into(gs, w2, a)
+            grad_a = _conv1x1_input_grad_into(gs, w2, a)
             if grad_a is not None:
                 grad_h = torch.ops.aten.gelu_backward.grad_input(grad_a, h, grad_input=h)
             else:  # neither NCHW nor channels-last: plain allocations

@@ -11,7 +11,7 @@ from ctxnets_shared.layers.attn_registry import (
     resolve_attn_layer,
 )
 from ctxnets_shared.layers.chunking import images_per_chunk
-from ctxnets_shared.layers.conv1x1_grad import conv1x1_backward, conv1x1_input_grad_into
+from ctxnets_shared.layers.conv1x1_grad import conv1x1_backward
 from ctxnets_shared.layers.conv_norm_act import ConvNormAct
 from ctxnets_shared.layers.tracing import fused_cpu_path, is_plain_cpu, is_traced
 
@@ -21,7 +21,6 @@ __all__ = [
     "MultiHeadSelfAttention2d",
     "UnknownAttnLayerError",
     "conv1x1_backward",
-    "conv1x1_input_grad_into",
     "create_attn_layer",
     "fused_cpu_path",
     "images_per_chunk",
