@@ -101,22 +101,33 @@ def test_is_traced_in_eager_fx_and_jit_trace() -> None:
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
 def test_conv1x1_grads_equal_autograd(layout: str) -> None:
     from ctxnets_shared.layers import conv1x1_backward
+    from ctxnets_shared.testing.fused import float64_input
 
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 5, 4, 3, dtype=torch.float64, generator=gen)
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-    elif layout == "strided":
-        x = torch.randn(2, 5, 4, 6, dtype=torch.float64, generator=gen)[..., ::2]
-    weight = torch.randn(7, 5, 1, 1, dtype=torch.float64, generator=gen, requires_grad=True)
-    bias = torch.randn(7, dtype=torch.float64, generator=gen, requires_grad=True)
-    grad = torch.randn(2, 7, 4, 3, dtype=torch.float64, generator=gen)
+    x = float64_input(2, 5, 4, 3, channels_last=layout == "channels_last", strided=layout == "strided")
+    weight = float64_input(7, 5, 1, 1, seed=2).requires_grad_()
+    bias = float64_input(7, seed=3).requires_grad_()
+    grad = float64_input(2, 7, 4, 3, seed=4)
     xr = x.clone().requires_grad_()
     want = torch.autograd.grad(torch.nn.functional.conv2d(xr, weight, bias), [xr, weight, bias], grad)
     weight = weight.detach()  # as in an autograd Function's backward
     got = conv1x1_backward(grad, x, weight, [True, True, True])
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+def test_float64_input_layouts() -> None:
+    from ctxnets_shared.testing.fused import float64_input
+
+    nchw = float64_input(2, 5, 4, 3)
+    cl = float64_input(2, 5, 4, 3, channels_last=True)
+    strided = float64_input(2, 5, 4, 3, strided=True)
+    assert nchw.is_contiguous() and not cl.is_contiguous()
+    assert cl.is_contiguous(memory_format=torch.channels_last)
+    assert strided.shape == (2, 5, 4, 3) and strided.dtype == torch.float64
+    assert not strided.is_contiguous() and not strided.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(cl, nchw, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="channels_last or strided"):
+        float64_input(2, 5, 4, 3, channels_last=True, strided=True)
 
 
 def test_is_plain_cpu_only_for_untraced_cpu_tensors_without_autocast() -> None:

@@ -181,14 +181,9 @@ def test_fc2_input_gradient_fills_the_buffer_with_autograds(layout):
     nor channels-last is refused (None), and the caller allocates."""
     from container.mlp import _conv1x1_input_grad_into
 
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 5, 4, 3, dtype=torch.float64, generator=gen)
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-    elif layout == "strided":
-        x = torch.randn(2, 5, 4, 6, dtype=torch.float64, generator=gen)[..., ::2]
-    weight = torch.randn(7, 5, 1, 1, dtype=torch.float64, generator=gen)
-    grad = torch.randn(2, 7, 4, 3, dtype=torch.float64, generator=gen)
+    x = float64_input(2, 5, 4, 3, channels_last=layout == "channels_last", strided=layout == "strided")
+    weight = float64_input(7, 5, 1, 1, seed=2)
+    grad = float64_input(2, 7, 4, 3, seed=4)
     xr = x.clone().requires_grad_()
     (want,) = torch.autograd.grad(torch.nn.functional.conv2d(xr, weight), [xr], grad)
     buffer = x.clone() if layout != "strided" else x

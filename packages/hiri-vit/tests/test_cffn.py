@@ -193,14 +193,10 @@ def test_hiri_vit_s_training_takes_the_fused_function_in_every_cffn(monkeypatch,
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
 def test_fc_input_gradient_is_autograds(layout):
     """The transposed-weight 1x1 convolution the Function's backward uses for dL/ds equals autograd's."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 5, 4, 3, dtype=torch.float64, generator=gen)
-    grad = torch.randn(2, 7, 4, 3, dtype=torch.float64, generator=gen)
-    if layout == "channels_last":
-        grad = grad.contiguous(memory_format=torch.channels_last)
-    elif layout == "strided":
-        grad = torch.randn(2, 7, 4, 6, dtype=torch.float64, generator=gen)[..., ::2]
-    weight = torch.randn(7, 5, 1, 1, dtype=torch.float64, generator=gen)
+    x = float64_input(2, 5, 4, 3)
+    layout_kw = {"channels_last": layout == "channels_last", "strided": layout == "strided"}
+    grad = float64_input(2, 7, 4, 3, **layout_kw, seed=4)
+    weight = float64_input(7, 5, 1, 1, seed=2)
     xr = x.clone().requires_grad_()
     (want,) = torch.autograd.grad(F.conv2d(xr, weight), [xr], grad)
     torch.testing.assert_close(cffn_module._conv1x1_input_grad(grad, weight), want, rtol=1e-12, atol=1e-12)

@@ -22,9 +22,17 @@ __all__ = [
 ]
 
 
-def float64_input(*shape: int, channels_last: bool = False, seed: int = 1) -> torch.Tensor:
-    """A seeded float64 tensor of ``shape``, optionally in channels-last memory."""
-    x = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+def float64_input(
+    *shape: int, channels_last: bool = False, strided: bool = False, seed: int = 1
+) -> torch.Tensor:
+    """A seeded float64 tensor of ``shape``: NCHW-contiguous, in channels-last memory, or ``strided``
+    (every other column of a tensor twice as wide, contiguous in neither format)."""
+    if channels_last and strided:
+        raise ValueError("float64_input: choose channels_last or strided, not both")
+    gen = torch.Generator().manual_seed(seed)
+    if strided:
+        return torch.randn(*shape[:-1], 2 * shape[-1], dtype=torch.float64, generator=gen)[..., ::2]
+    x = torch.randn(*shape, dtype=torch.float64, generator=gen)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
