@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hiri_vit import CFFN, HRBlock, HRStem, IRDSa, IRDSb, MultiHeadAttention, TransformerBlock
+from hiri_vit import CFFN, CFFNBlock, HRBlock, HRStem, IRDSa, IRDSb, MultiHeadAttention, TransformerBlock
+from hiri_vit.conv_norm_act import ConvNormAct
 from hiri_vit.heads import AvgPoolHead, ClassAttentionHead
-from hiri_vit.transformer_block import token_linear
 
 
 def _randomise(module: nn.Module, seed: int = 0) -> nn.Module:
@@ -67,9 +67,9 @@ def test_cffn_is_eq3():
 
 
 @pytest.mark.parametrize("sr_ratio", [1, 2])
-def test_fused_attention_equals_formula(sr_ratio):
+def test_sdpa_equals_formula(sr_ratio):
     torch.manual_seed(0)
-    fused = MultiHeadAttention(64, 2, sr_ratio=sr_ratio).eval()
+    fused = MultiHeadAttention(64, 2, sr_ratio=sr_ratio, fused_attn=True).eval()
     plain = MultiHeadAttention(64, 2, sr_ratio=sr_ratio, fused_attn=False).eval()
     plain.load_state_dict(fused.state_dict())
     x = torch.randn(2, 4, 6, 64)
@@ -77,50 +77,16 @@ def test_fused_attention_equals_formula(sr_ratio):
         torch.testing.assert_close(fused(x), plain(x), rtol=1e-5, atol=1e-5)
 
 
-def test_fused_attention_training_gradients_equal_formula_float64():
-    """The fused path's 1x1-convolution projections give nn.Linear's values and gradients."""
-    torch.manual_seed(0)
-    fused = MultiHeadAttention(64, 2).double()
-    plain = MultiHeadAttention(64, 2, fused_attn=False).double()
-    plain.load_state_dict(fused.state_dict())
-    x = torch.randn(2, 4, 6, 64, dtype=torch.float64)
-    xf, xp = x.clone().requires_grad_(), x.clone().requires_grad_()
-    grad = torch.randn(2, 4, 6, 64, dtype=torch.float64)
-    yf, yp = fused(xf), plain(xp)
-    torch.testing.assert_close(yf, yp, rtol=1e-10, atol=1e-10)
-    yf.backward(grad)
-    yp.backward(grad)
-    torch.testing.assert_close(xf.grad, xp.grad, rtol=1e-10, atol=1e-10)
-    for (name, p), q in zip(fused.named_parameters(), plain.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-10, msg=name)
+def test_fused_attn_default_follows_timm(monkeypatch):
+    """As timm's own Attention: None reads ``timm.layers.use_fused_attn()`` at construction."""
+    import timm.layers.config as timm_config
 
-
-def test_token_linear_is_the_linear_layer_and_defers_to_hooks_and_subclasses():
-    torch.manual_seed(0)
-    lin = nn.Linear(8, 5)
-    x = torch.randn(2, 3, 4, 8)
-    out = token_linear(x, lin)
-    assert out.shape == (2, 3, 4, 5) and out.is_contiguous()
-    torch.testing.assert_close(out, lin(x), rtol=1e-5, atol=1e-6)
-    tokens = x.flatten(1, 2)  # (B, N, C): not a map, so the module runs
-    torch.testing.assert_close(token_linear(tokens, lin), lin(tokens))
-    with pytest.raises(RuntimeError, match="expected input.*to have 8 channels, but got 6"):
-        token_linear(torch.randn(2, 3, 4, 6), lin)
-
-    calls: list[str] = []
-    handle = lin.register_forward_hook(lambda _m, _i, _o: calls.append("hook"))
-    token_linear(x, lin)
-    handle.remove()
-
-    class Scaled(nn.Linear):  # e.g. a LoRA wrapper: its own forward must run
-        def forward(self, t: torch.Tensor) -> torch.Tensor:
-            calls.append("subclass")
-            return super().forward(t) * 2
-
-    scaled = Scaled(8, 5)
-    scaled.load_state_dict(lin.state_dict())
-    torch.testing.assert_close(token_linear(x, scaled), 2 * lin(x))
-    assert calls == ["hook", "subclass"]
+    monkeypatch.setattr(timm_config, "_USE_FUSED_ATTN", 0)
+    assert not MultiHeadAttention(64, 1).fused_attn
+    assert not ClassAttentionHead(64, 10, num_heads=1).block.attn.fused_attn
+    assert MultiHeadAttention(64, 1, fused_attn=True).fused_attn
+    monkeypatch.setattr(timm_config, "_USE_FUSED_ATTN", 1)
+    assert MultiHeadAttention(64, 1).fused_attn and ClassAttentionHead(64, 10, 1).block.attn.fused_attn
 
 
 def test_attention_matches_reference_softmax():
@@ -201,3 +167,36 @@ def test_class_attention_head():
         torch.testing.assert_close(avg(x), avg.fc(avg.norm(tokens.mean(1))))
     with pytest.raises(ValueError, match="global_pool"):
         AvgPoolHead(64, 10, global_pool="class_attn")
+
+
+def test_conv_norm_act_keys_and_shape():
+    """Numbered children: the state-dict keys of the stem and IRDS convs are ``<name>.0.weight``, ..."""
+    m = ConvNormAct(8, 16, 3, stride=2, act_layer=nn.ReLU)
+    assert [k for k, _ in m.named_children()] == ["0", "1", "2"]
+    assert isinstance(m[1], nn.BatchNorm2d) and isinstance(m[2], nn.ReLU) and m[0].bias is None
+    assert m(torch.randn(2, 8, 9, 9)).shape == (2, 16, 5, 5)
+    assert m[0].padding == (1, 1) and ConvNormAct(8, 8)(torch.randn(1, 8, 4, 5)).shape == (1, 8, 4, 5)
+
+
+_CONV_BLOCKS = {
+    "hr_stem": lambda: HRStem(3, 16),
+    "hr_block": lambda: HRBlock(16),
+    "irds_a": lambda: IRDSa(16, 24),
+    "irds_b": lambda: IRDSb(16, 24),
+    "cffn": lambda: CFFN(16, 48),
+    "cffn_block": lambda: CFFNBlock(16, attn_layer="se"),
+}
+
+
+@pytest.mark.parametrize("name", list(_CONV_BLOCKS))
+@pytest.mark.parametrize("train", [False, True])
+def test_conv_blocks_keep_the_input_memory_format(name, train):
+    """NCHW in -> NCHW out, channels-last in -> channels-last out, the same values (odd sides too)."""
+    torch.manual_seed(0)
+    block = _randomise(_CONV_BLOCKS[name]()).train(train)
+    x = torch.randn(3, 3 if name == "hr_stem" else 16, 9, 7)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    y, y_cl = block(x), block(x_cl)
+    assert y.is_contiguous()
+    assert y_cl.is_contiguous(memory_format=torch.channels_last) and not y_cl.is_contiguous()
+    torch.testing.assert_close(y_cl, y, rtol=1e-5, atol=1e-5)

@@ -30,7 +30,7 @@ TestContract = contract_suite(
                 "global_pool": "avg",
                 "sr_ratios": [2, 1],
                 "stem_width": 32,
-                "fused_mlp": False,
+                "fused_attn": False,
             },
             compile_backend="aot_eager",
             **_DEEP,

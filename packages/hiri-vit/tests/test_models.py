@@ -304,6 +304,26 @@ def test_channels_last_is_the_same_function():
         torch.testing.assert_close(model(_x()), a, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("model_channels_last", [True, False])
+def test_channels_last_input_batch_4_eval_and_training_step(model_channels_last):
+    """A channels-last input gives the NCHW input's logits and gradients, whichever layout the model runs."""
+    torch.manual_seed(0)
+    model = timm.create_model("hiri_vit_s", num_classes=5, channels_last=model_channels_last)
+    x = _x(4)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x_cl), model(x), rtol=1e-4, atol=1e-4)
+    grads = []
+    for inp in (x, x_cl):
+        trained = copy.deepcopy(model).train()
+        out = trained(inp)
+        assert out.shape == (4, 5)
+        out.logsumexp(1).sum().backward()
+        grads.append([p.grad for p in trained.parameters()])
+    for (name, _), ga, gb in zip(model.named_parameters(), *grads, strict=True):
+        torch.testing.assert_close(gb, ga, rtol=1e-3, atol=1e-5, msg=name)
+
+
 def test_save_load_round_trip(tmp_path):
     model = timm.create_model("hiri_vit_s", num_classes=3, head_type="avg").eval()
     save_pretrained(model, tmp_path, model_args={"head_type": "avg"})

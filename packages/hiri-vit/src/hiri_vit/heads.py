@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn as nn
+from timm.layers import use_fused_attn
 
 from hiri_vit.transformer_block import attention
 
@@ -29,15 +30,16 @@ class ClassAttention(nn.Module):
     Args:
         dim: C.
         num_heads: heads.
-        fused_attn: ``F.scaled_dot_product_attention`` instead of the plain formula.
+        fused_attn: ``F.scaled_dot_product_attention`` instead of the plain formula; None follows timm's
+            ``use_fused_attn()``.
     """
 
-    def __init__(self, dim: int, num_heads: int, fused_attn: bool = True) -> None:
+    def __init__(self, dim: int, num_heads: int, fused_attn: bool | None = None) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim={dim} must be a multiple of num_heads={num_heads}")
         self.num_heads = num_heads
-        self.fused_attn = fused_attn
+        self.fused_attn = use_fused_attn() if fused_attn is None else fused_attn
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, dim * 2)
         self.proj = nn.Linear(dim, dim)
@@ -59,7 +61,7 @@ class ClassAttentionBlock(nn.Module):
         num_heads: heads.
         mlp_ratio: FFN expansion.
         act_layer: activation class.
-        fused_attn: fused attention kernel.
+        fused_attn: ``F.scaled_dot_product_attention`` (None: timm's ``use_fused_attn()``).
     """
 
     def __init__(
@@ -68,7 +70,7 @@ class ClassAttentionBlock(nn.Module):
         num_heads: int,
         mlp_ratio: float = 4.0,
         act_layer: Callable[[], nn.Module] = nn.GELU,
-        fused_attn: bool = True,
+        fused_attn: bool | None = None,
     ) -> None:
         super().__init__()
         hidden = int(dim * mlp_ratio)
@@ -153,7 +155,7 @@ class ClassAttentionHead(AvgPoolHead):
         act_layer: activation class.
         global_pool: "class_attn", "avg" (skip the block) or "" (per-location logits, skip the block).
         drop_rate: dropout before the classifier.
-        fused_attn: fused attention kernel.
+        fused_attn: ``F.scaled_dot_product_attention`` (None: timm's ``use_fused_attn()``).
     """
 
     pool_types = ("class_attn", "avg", "")
@@ -167,7 +169,7 @@ class ClassAttentionHead(AvgPoolHead):
         act_layer: Callable[[], nn.Module] = nn.GELU,
         global_pool: str = "class_attn",
         drop_rate: float = 0.0,
-        fused_attn: bool = True,
+        fused_attn: bool | None = None,
     ) -> None:
         super().__init__(dim, num_classes, global_pool, drop_rate)
         self.block = ClassAttentionBlock(dim, num_heads, mlp_ratio, act_layer, fused_attn)

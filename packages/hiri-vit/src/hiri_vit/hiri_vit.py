@@ -102,15 +102,11 @@ class HiriViT(nn.Module):
         attn_layer: attention (name, callable ``channels -> nn.Module`` or None) inserted on the FFN branch
             of every block of ``attn_stages``, before the residual add (e.g. "gc" from gcnet, "se", "eca").
         attn_stages: 0-based stage indices (0..4) that get ``attn_layer``.
-        fused_attn: ``F.scaled_dot_product_attention`` and, on CPU, the attention's projections as oneDNN
-            1x1 convolutions (:func:`~hiri_vit.transformer_block.token_linear`) (True), or the plain
-            attention formula with ``nn.Linear`` calls.
-        fused_mlp: the CFFNs' faster CPU paths (:class:`~hiri_vit.cffn.CFFN`: chunked inference with GELU
-            in place and the residual folded into the depthwise kernel, a training Function that keeps one
-            hidden tensor for backward; same maths).
-        channels_last: run in channels-last memory from the stem on (the same values; on CPU oneDNN's
-            depthwise and 1x1 convolutions are about 1.6x faster that way, and the token stages use that
-            layout anyway). Feature maps are still (B, C, H, W) tensors, with channels-last strides.
+        fused_attn: ``F.scaled_dot_product_attention`` (True) or the plain attention formula (False);
+            None follows timm's ``use_fused_attn()``.
+        channels_last: run in channels-last memory from the stem on (the same values; the token stages use
+            that layout anyway, so no copy is made between stages 3 and 4). Feature maps are still
+            (B, C, H, W) tensors, with channels-last strides.
     """
 
     def __init__(
@@ -132,8 +128,7 @@ class HiriViT(nn.Module):
         drop_path_rate: float = 0.0,
         attn_layer: AttnLayerSpec = None,
         attn_stages: Sequence[int] = (0, 1, 2, 3, 4),
-        fused_attn: bool = True,
-        fused_mlp: bool = True,
+        fused_attn: bool | None = None,
         channels_last: bool = True,
     ) -> None:
         super().__init__()
@@ -184,18 +179,10 @@ class HiriViT(nn.Module):
                 if i < 2:
                     blocks.append(HRBlock(dim, **common))
                 elif i == 2:
-                    blocks.append(CFFNBlock(dim, fused_mlp=fused_mlp, **common))
+                    blocks.append(CFFNBlock(dim, **common))
                 else:
-                    blocks.append(
-                        TransformerBlock(
-                            dim,
-                            heads[i - 3],
-                            sr_ratio=srs[i - 3],
-                            fused_attn=fused_attn,
-                            fused_mlp=fused_mlp,
-                            **common,
-                        )
-                    )
+                    attn = dict(sr_ratio=srs[i - 3], fused_attn=fused_attn)
+                    blocks.append(TransformerBlock(dim, heads[i - 3], **attn, **common))
             block_idx += depths[i]
             stages.append(HiriStage(downsample, blocks, tokens=i >= 3))
             self.feature_info.append(dict(num_chs=dim, reduction=reduction, module=f"stages.{i}"))

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from ctxnets_shared.layers import ConvNormAct
+from hiri_vit.conv_norm_act import ConvNormAct
 
 __all__ = ["HRStem"]
 

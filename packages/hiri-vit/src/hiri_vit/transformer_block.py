@@ -5,10 +5,6 @@ The block works on channels-last token maps (B, H, W, C): LayerNorm and the atte
 act on the last axis, and the CFFN sees the same memory as a channels-last (B, C, H, W) view, so no layout
 copy is made between the two halves. The paper replaces the LayerNorm before the CFFN by BatchNorm
 (Sec. 5.3, 7.6% faster inference).
-
-On CPU the fused attention also runs its query/key/value and output projections as 1x1 convolutions over
-that channels-last view (:func:`token_linear`): the same products on oneDNN's convolution kernels, which
-beat the BLAS matrix product that ``nn.Linear`` calls on the AMD CPUs we benchmark on (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -18,29 +14,12 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath
+from timm.layers import DropPath, use_fused_attn
 
-from ctxnets_shared.layers import AttnLayerSpec, create_attn_layer, is_plain_cpu
+from ctxnets_shared.layers import AttnLayerSpec, create_attn_layer
 from hiri_vit.cffn import CFFN
 
-__all__ = ["MultiHeadAttention", "TransformerBlock", "attention", "token_linear"]
-
-
-def token_linear(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
-    """``linear`` over the last axis of a contiguous (B, H, W, C) token map: -> (B, H, W, C_out).
-
-    On plain CPU (not traced, no autocast) an ``nn.Linear`` without hooks runs as a 1x1 convolution of the
-    channels-last (B, C, H, W) view of the same memory, whose output is again (B, H, W, C_out) in memory;
-    anything else (another device, a tracer, a subclass such as a LoRA wrapper, a hooked module, an input
-    that is not a contiguous 4-D map) calls the module.
-    """
-    plain = type(linear) is nn.Linear and not linear._forward_hooks and not linear._forward_pre_hooks
-    # is_plain_cpu first: under FX x is a Proxy, whose dim() cannot be branched on
-    if not (plain and is_plain_cpu(x) and x.dim() == 4 and x.is_contiguous()):
-        return linear(x)
-    weight = linear.weight
-    y = F.conv2d(x.permute(0, 3, 1, 2), weight.reshape(*weight.shape, 1, 1), linear.bias)
-    return y.permute(0, 2, 3, 1)
+__all__ = ["MultiHeadAttention", "TransformerBlock", "attention"]
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fused: bool = True) -> torch.Tensor:
@@ -67,8 +46,8 @@ class MultiHeadAttention(nn.Module):
         qkv_bias: bias in the query/key/value projection.
         sr_ratio: spatial reduction of keys and values (PVT-style strided conv + LayerNorm); 1 (the
             default, our reading of the paper) attends to every token.
-        fused_attn: ``F.scaled_dot_product_attention``, and on CPU the projections through
-            :func:`token_linear`, instead of the plain formula and ``nn.Linear`` calls.
+        fused_attn: ``F.scaled_dot_product_attention`` instead of the plain formula; None follows timm's
+            ``use_fused_attn()``.
     """
 
     def __init__(
@@ -77,7 +56,7 @@ class MultiHeadAttention(nn.Module):
         num_heads: int,
         qkv_bias: bool = True,
         sr_ratio: int = 1,
-        fused_attn: bool = True,
+        fused_attn: bool | None = None,
     ) -> None:
         super().__init__()
         if dim % num_heads:
@@ -86,7 +65,7 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"sr_ratio must be >= 1, got {sr_ratio}")
         self.num_heads = num_heads
         self.sr_ratio = sr_ratio
-        self.fused_attn = fused_attn
+        self.fused_attn = use_fused_attn() if fused_attn is None else fused_attn
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         if sr_ratio > 1:
             self.sr: nn.Module = nn.Conv2d(dim, dim, sr_ratio, stride=sr_ratio)
@@ -108,12 +87,10 @@ class MultiHeadAttention(nn.Module):
             reduced = self.sr(x.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
             q = self._heads(F.linear(tokens, w_q, b_q), 1)[0]
             k, v = self._heads(F.linear(self.sr_norm(reduced), w_kv, b_kv), 2).unbind(0)
-        elif self.fused_attn:
-            q, k, v = self._heads(token_linear(x, self.qkv).flatten(1, 2), 3).unbind(0)
         else:
             q, k, v = self._heads(self.qkv(tokens), 3).unbind(0)
         out = attention(q, k, v, self.fused_attn).transpose(1, 2).reshape(x.shape)
-        return token_linear(out, self.proj) if self.fused_attn else self.proj(out)
+        return self.proj(out)
 
 
 class TransformerBlock(nn.Module):
@@ -128,8 +105,7 @@ class TransformerBlock(nn.Module):
         attn_layer: optional attention on the CFFN branch before its residual add (composition hook);
             it sees a (B, C, H, W) map.
         drop_path: stochastic depth rate.
-        fused_attn: ``F.scaled_dot_product_attention`` (True) or the plain formula.
-        fused_mlp: the CFFN's faster CPU paths (:class:`~hiri_vit.cffn.CFFN`).
+        fused_attn: ``F.scaled_dot_product_attention`` (True) or the plain formula; None follows timm.
     """
 
     def __init__(
@@ -141,14 +117,13 @@ class TransformerBlock(nn.Module):
         sr_ratio: int = 1,
         attn_layer: AttnLayerSpec = None,
         drop_path: float = 0.0,
-        fused_attn: bool = True,
-        fused_mlp: bool = True,
+        fused_attn: bool | None = None,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = MultiHeadAttention(dim, num_heads, sr_ratio=sr_ratio, fused_attn=fused_attn)
         self.norm2 = nn.BatchNorm2d(dim)
-        self.mlp = CFFN(dim, int(dim * mlp_ratio), act_layer, fused=fused_mlp)
+        self.mlp = CFFN(dim, int(dim * mlp_ratio), act_layer)
         self.attn_hook: nn.Module = create_attn_layer(attn_layer, dim) or nn.Identity()
         self.drop_path1: nn.Module = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.drop_path2: nn.Module = DropPath(drop_path) if drop_path > 0 else nn.Identity()
