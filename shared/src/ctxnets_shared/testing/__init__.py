@@ -2,9 +2,11 @@
 
 ``ctxnets_shared.testing.checks`` holds the checks as plain functions that raise AssertionError;
 :func:`contract_suite` turns them into a pytest class. ``ctxnets_shared.testing.fused`` checks a layer's
-fused CPU path against its plain layers. Importing this package needs pytest.
+fused CPU path against its plain layers; ``ctxnets_shared.testing.autocast`` emulates CUDA's autocast dtype
+policy on CPU. Importing this package needs pytest.
 """
 
+from ctxnets_shared.testing.autocast import CudaFloat32Policy, cuda_like_autocast
 from ctxnets_shared.testing.checks import (
     CHECKS,
     STRUCTURAL_CHECKS,
@@ -28,6 +30,7 @@ from ctxnets_shared.testing.suite import contract_suite
 __all__ = [
     "CHECKS",
     "STRUCTURAL_CHECKS",
+    "CudaFloat32Policy",
     "ModelSpec",
     "assert_autocast_bf16_grads_match",
     "assert_inference_matches",
@@ -36,6 +39,7 @@ __all__ = [
     "build",
     "calibration_input",
     "contract_suite",
+    "cuda_like_autocast",
     "float64_input",
     "fx_trace",
     "input_and_param_grads",
