@@ -1,4 +1,4 @@
-"""Shared helpers for the container tests: makes ``reference`` importable whatever pytest's import mode."""
+"""Shared helpers for the container tests: makes ``container_reference`` importable in any import mode."""
 
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from container import ContextAggregation, DenseAffinity, depthwise_affinity
+from container import ContainerBlock, ContextAggregation, DenseAffinity, depthwise_affinity
+from container.container import STAGE_MIXERS
 
 B, C, H, W = 2, 16, 5, 6
 N = H * W
@@ -174,3 +175,34 @@ def test_dense_affinity_tied_to_token_count():
 def test_bad_options_are_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ContextAggregation(C, **kwargs)
+
+
+def _layers_for_layout() -> dict[str, nn.Module]:
+    layers: dict[str, nn.Module] = {
+        "agg_depthwise": ContextAggregation(C, dynamic=None, static="depthwise"),
+        "agg_dense": ContextAggregation(C, num_heads=2, static="dense", num_tokens=N, mix="free"),
+        "agg_attention": ContextAggregation(C, num_heads=2, static=None),
+        "agg_mixed": ContextAggregation(C, num_heads=2, static="depthwise", mix="sigmoid"),
+    }
+    layers.update({f"block_{m}": ContainerBlock(C, mlp_ratio=2, mixer=m, num_heads=2) for m in STAGE_MIXERS})
+    return layers
+
+
+@pytest.mark.parametrize("name", list(_layers_for_layout()))
+def test_channels_last_in_channels_last_out(name):
+    # batch 4 (a view that only works for one image fails there), eval and a training step
+    torch.manual_seed(0)
+    layer = _layers_for_layout()[name].double()
+    x = torch.randn(4, C, H, W, dtype=torch.float64)
+    grad_out = torch.randn(4, C, H, W, dtype=torch.float64)
+    for mode in ("eval", "train"):
+        getattr(layer, mode)()
+        xs = [x.clone().requires_grad_(), x.contiguous(memory_format=torch.channels_last).requires_grad_()]
+        outs = [layer(t) for t in xs]
+        assert outs[0].is_contiguous()
+        assert outs[1].is_contiguous(memory_format=torch.channels_last) and not outs[1].is_contiguous()
+        torch.testing.assert_close(outs[1], outs[0], rtol=1e-10, atol=1e-10)
+        for out in outs:
+            out.backward(grad_out)
+        assert xs[1].grad is not None
+        torch.testing.assert_close(xs[1].grad, xs[0].grad, rtol=1e-10, atol=1e-10)

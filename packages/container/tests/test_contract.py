@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ctxnets_shared.testing import ModelSpec, contract_suite
 
-_CNN_ROUND_TRIP = {"in_chans": 1, "global_pool": "max", "attn_layer": "eca", "fused_mlp": False}
+_CNN_ROUND_TRIP = {"in_chans": 1, "global_pool": "max", "attn_layer": "eca"}
 
 TestContract = contract_suite(
     [

@@ -8,7 +8,7 @@ import functools
 import pytest
 import timm
 import torch
-from reference import OfficialContainerLight
+from container_reference import OfficialContainerLight
 
 import container
 from container import ContainerConverter

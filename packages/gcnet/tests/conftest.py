@@ -1,4 +1,4 @@
-"""Shared helpers for the gcnet tests: makes ``reference`` importable whatever pytest's import mode."""
+"""Shared helpers for the gcnet tests: makes ``gcnet_reference`` importable whatever pytest's import mode."""
 
 from __future__ import annotations
 

@@ -12,10 +12,10 @@ import timm
 import torch
 from sklearn.datasets import load_sample_images
 
-from ctxnets_shared.layers import MultiHeadSelfAttention2d
 from gcnet import GlobalContextBlock, NonLocalBlock
 from gcnet.analysis import (
     AttentionProbe,
+    MultiHeadSelfAttention2d,
     attention_modules,
     average_cosine_distance,
     capture_attention,
@@ -68,7 +68,7 @@ def test_non_local_record_matches_block():
     torch.testing.assert_close(record.maps([(0.5, 0.5)])[0, 0].flatten(), block.attention_map(x)[0, 15])
 
 
-def test_shared_attention_module_is_probed():
+def test_mhsa_module_is_probed():
     model = torch.nn.Sequential(MultiHeadSelfAttention2d(16, num_heads=2, sr_ratio=2))
     (record,) = capture_attention(model, torch.randn(1, 16, 8, 8)).values()
     assert record.attention.shape == (1, 64, 16) and record.key_size == (4, 4)

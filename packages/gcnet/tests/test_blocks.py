@@ -7,10 +7,11 @@ import itertools
 import pytest
 import torch
 import torch.nn as nn
-from reference import context_block_ref, non_local_ref, non_local_weights_ref, snl_eq2_ref
+from gcnet_reference import context_block_ref, non_local_ref, non_local_weights_ref, snl_eq2_ref
 
 import gcnet
 from ctxnets_shared.layers import create_attn_layer, list_attn_layers
+from ctxnets_shared.testing import cuda_like_autocast
 from gcnet import GlobalContextBlock, NonLocalBlock, SimplifiedNonLocalBlock
 
 torch.set_default_dtype(torch.float32)
@@ -54,28 +55,7 @@ def test_matches_mmcv_formula(pooling, fusion):
     torch.testing.assert_close(block(x), context_block_ref(x, sd, pooling, fusion), rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("fusion", FUSION_SETS)
-@pytest.mark.parametrize("shape", [(2, 32, 5, 7), (3, 32, 1, 1), (1, 32, 9, 4)])
-def test_fused_pooling_equals_step_by_step(fusion, shape):
-    # gcnet.fused's hand-written backward against autograd through the plain ops, in float64
-    blocks = [
-        GlobalContextBlock(32, ratio=1 / 4, fusion=fusion, fused=fused).double() for fused in (False, True)
-    ]
-    sd = _randomize(blocks[0])
-    blocks[1].load_state_dict(sd)
-    grad_out = _x(*shape, seed=2).double()
-    results = []
-    for block in blocks:
-        x = _x(*shape).double().requires_grad_()
-        out = block(x)
-        out.backward(grad_out)
-        results.append([out, x.grad, *(p.grad for p in block.parameters())])
-    assert all(g is not None for g in results[1])
-    for plain, fused in zip(*results, strict=True):
-        torch.testing.assert_close(fused, plain, rtol=1e-10, atol=1e-10)
-
-
-def test_fused_pooling_frozen_mask_and_bf16():
+def test_frozen_mask_and_cpu_bf16_training():
     block = GlobalContextBlock(32, ratio=1 / 4)
     block.conv_mask.requires_grad_(False)
     x = _x(2, 32, 6, 6).requires_grad_()
@@ -85,6 +65,59 @@ def test_fused_pooling_frozen_mask_and_bf16():
         out = block(x)
     out.float().sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("pooling", ["att", "avg"])
+def test_trains_under_cuda_autocast_policy(dtype, pooling):
+    # CUDA's autocast returns float32 from softmax / LayerNorm beside half-precision conv outputs; the
+    # block must train there on the half-precision activations a network feeds it (the removed fused
+    # pooling failed in backward: "expected scalar type BFloat16 but found Float")
+    block = GlobalContextBlock(32, ratio=1 / 4, pooling=pooling, fusion=("channel_add", "channel_mul"))
+    _randomize(block)
+    x = _x(2, 32, 6, 5).to(dtype).float()  # exactly representable in dtype
+    want = block(x)
+    xh = x.to(dtype).requires_grad_()
+    with cuda_like_autocast(dtype):
+        if pooling == "att":
+            assert block.attention_map(xh).dtype == torch.float32  # the policy is in force
+        out = block(xh)
+        loss = out.float().square().mean()
+    loss.backward()
+    torch.testing.assert_close(out.float(), want, rtol=0.05, atol=0.05)
+    assert xh.grad is not None and torch.isfinite(xh.grad).all() and xh.grad.abs().sum() > 0
+    for name, p in block.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def _blocks_for_layout() -> dict[str, nn.Module]:
+    blocks: dict[str, nn.Module] = {
+        f"gc_{pooling}": GlobalContextBlock(32, ratio=1 / 4, pooling=pooling, fusion=FUSION_SETS[2])
+        for pooling in ("att", "avg")
+    }
+    blocks["snl"] = SimplifiedNonLocalBlock(32)
+    blocks.update({f"nl_{mode}": NonLocalBlock(32, mode=mode) for mode in gcnet.NL_MODES})
+    return blocks
+
+
+@pytest.mark.parametrize("name", list(_blocks_for_layout()))
+def test_channels_last_in_channels_last_out(name):
+    # batch 4: a view that only works for one image would fail here
+    block = _blocks_for_layout()[name].double()
+    _randomize(block)
+    x = _x(4, 32, 5, 6).double()
+    for mode in ("eval", "train"):
+        getattr(block, mode)()
+        xs = [x.clone().requires_grad_(), x.contiguous(memory_format=torch.channels_last).requires_grad_()]
+        outs = [block(t) for t in xs]
+        assert outs[1].is_contiguous(memory_format=torch.channels_last) and not outs[1].is_contiguous()
+        assert outs[0].is_contiguous()
+        torch.testing.assert_close(outs[1], outs[0], rtol=1e-10, atol=1e-10)
+        grad_out = _x(4, 32, 5, 6, seed=2).double()
+        for out in outs:
+            out.backward(grad_out)
+        assert xs[1].grad is not None and xs[1].grad.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(xs[1].grad, xs[0].grad, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("transform", ["relu", "linear", "single"])

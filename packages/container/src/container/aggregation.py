@@ -15,8 +15,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function, use_fused_attn
 
-from container.depthwise import DepthwiseConv2d
-
 __all__ = [
     "DYNAMIC_AFFINITIES",
     "MIXES",
@@ -157,7 +155,7 @@ class ContextAggregation(nn.Module):
         self.in_proj = nn.Conv2d(dim, 3 * dim if dynamic else dim, 1, bias=qkv_bias)
         self.static: nn.Module | None = None
         if static == "depthwise":
-            self.static = DepthwiseConv2d(dim, kernel_size)
+            self.static = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
         elif static == "dense":
             assert num_tokens is not None
             self.static = DenseAffinity(num_heads, num_tokens, bias=dense_bias)

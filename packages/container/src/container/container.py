@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import (
+    ConvMlp,
     DropPath,
     LayerNorm2d,
     create_classifier,
@@ -27,7 +28,6 @@ from timm.layers import (
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from container.aggregation import ContextAggregation
-from container.mlp import ConvMlp
 from ctxnets_shared.layers import AttnLayerSpec, create_attn_layer, reset_attn_layers
 from ctxnets_shared.models import check_image_input, feature_take_indices, paper_cfg
 
@@ -72,7 +72,6 @@ class ContainerBlock(nn.Module):
         drop_path: stochastic depth rate of both residual branches.
         attn_layer: optional channel attention on the MLP branch's output (the composition hook).
         fused_attn: attention through ``F.scaled_dot_product_attention`` (None: timm's default).
-        fused_mlp: the MLP's faster CPU paths (:class:`~container.mlp.ConvMlp`, same maths).
     """
 
     def __init__(
@@ -86,7 +85,6 @@ class ContainerBlock(nn.Module):
         drop_path: float = 0.0,
         attn_layer: AttnLayerSpec = None,
         fused_attn: bool | None = None,
-        fused_mlp: bool = True,
     ) -> None:
         super().__init__()
         dynamic, static = STAGE_MIXERS[mixer]
@@ -102,7 +100,8 @@ class ContainerBlock(nn.Module):
             fused_attn=fused_attn,
         )
         self.norm2 = nn.BatchNorm2d(dim)
-        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), fused=fused_mlp)
+        # timm's 1x1-conv MLP: the released code's CMlp keys (fc1, fc2), no parameters of its own
+        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
         self.attn: nn.Module = create_attn_layer(attn_layer, dim) or nn.Identity()
         self.drop_path: nn.Module = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -180,8 +179,6 @@ class Container(nn.Module):
         attn_layer: channel attention after the MLP of every block in ``attn_stages``.
         attn_stages: 0-based stage indices that get ``attn_layer``.
         fused_attn: attention through ``F.scaled_dot_product_attention`` (None: timm's default).
-        fused_mlp: the MLPs' faster CPU paths (:class:`~container.mlp.ConvMlp`: chunked inference with
-            GELU in place, a training backward that reuses the saved activations' buffers; same maths).
         warn_tokens: warn when stage 1 has global attention over more tokens than this (0: never).
     """
 
@@ -204,7 +201,6 @@ class Container(nn.Module):
         attn_layer: AttnLayerSpec = None,
         attn_stages: Sequence[int] = (0, 1, 2, 3),
         fused_attn: bool | None = None,
-        fused_mlp: bool = True,
         warn_tokens: int = GLOBAL_ATTENTION_WARN_TOKENS,
     ) -> None:
         super().__init__()
@@ -249,7 +245,6 @@ class Container(nn.Module):
                     drop_path=dpr[start : start + depths[i]],
                     attn_layer=attn_layer if i in attn_stages else None,
                     fused_attn=fused_attn,
-                    fused_mlp=fused_mlp,
                 )
             )
             self.feature_info.append(dict(num_chs=embed_dims[i], reduction=reduction, module=f"stages.{i}"))

@@ -14,9 +14,6 @@ Parameter names equal mmcv's ``ContextBlock`` (``conv_mask``, ``channel_add_conv
 residual (there is no inner skip), and the paper's initialisation
 (:meth:`GlobalContextBlock.reset_parameters`: last conv of each branch zero, ``conv_mask`` Kaiming fan-in)
 makes an add-only block start as the identity.
-
-:meth:`GlobalContextBlock.context` is the equation step by step; with ``fused=True`` (the default) eager
-training takes :func:`gcnet.fused.attention_pool` instead, the same pooling with a one-pass backward.
 """
 
 from __future__ import annotations
@@ -27,9 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ctxnets_shared.layers import is_traced
 from gcnet._checks import check_feature_map, hidden_channels
-from gcnet.fused import attention_pool
 
 torch.fx.wrap("check_feature_map")  # an opaque call under plain torch.fx.symbolic_trace too
 
@@ -40,11 +35,6 @@ FUSIONS = ("channel_add", "channel_mul")
 #: Table 5(d): "ln_relu" is r16+LN+ReLU (the GC block), "relu" r16+ReLU, "linear" r16 (two convs, nothing
 #: between them), "single" the w/o-ratio transform (one C -> C conv, as in the simplified NL block).
 TRANSFORMS = ("ln_relu", "relu", "linear", "single")
-
-
-def _eager(x: torch.Tensor) -> bool:
-    """Not under torch.compile, torch.jit.trace (ONNX export) or torch.fx, which keep the plain ops."""
-    return not (torch.compiler.is_compiling() or is_traced(x))
 
 
 def _transform(channels: int, planes: int, kind: str) -> nn.Sequential:
@@ -69,8 +59,6 @@ class GlobalContextBlock(nn.Module):
         fusion: a non-empty subset of ``("channel_add", "channel_mul")`` (mmcv's names); a single name is
             accepted too.
         transform: one of :data:`TRANSFORMS` (Table 5(d)).
-        fused: in eager training, pool with :func:`gcnet.fused.attention_pool` (same result, faster
-            backward); inference, TorchScript, torch.fx and torch.compile use the step-by-step pooling.
 
     Raises:
         ValueError: unknown pooling / fusion / transform, or a ratio giving no hidden channels.
@@ -83,7 +71,6 @@ class GlobalContextBlock(nn.Module):
         pooling: str = "att",
         fusion: str | Sequence[str] = ("channel_add",),
         transform: str = "ln_relu",
-        fused: bool = True,
     ) -> None:
         super().__init__()
         fusion = (fusion,) if isinstance(fusion, str) else tuple(fusion)
@@ -98,7 +85,6 @@ class GlobalContextBlock(nn.Module):
         self.pooling = pooling
         self.fusion = tuple(f for f in FUSIONS if f in fusion)
         self.transform = transform
-        self.fused = fused
         # W_k: one attention logit per position
         self.conv_mask = nn.Conv2d(channels, 1, 1) if pooling == "att" else None
         self.channel_add_conv = (
@@ -139,9 +125,6 @@ class GlobalContextBlock(nn.Module):
         """Context modelling ``sum_j a_j x_j``: (B, C, H, W) -> (B, C, 1, 1)."""
         if self.conv_mask is None:
             return F.adaptive_avg_pool2d(x, 1)
-        if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
-            if self.fused and _eager(x) and x.requires_grad and torch.is_grad_enabled():
-                return attention_pool(x, self.conv_mask.weight, self.conv_mask.bias)
         weights = self.attention_map(x)  # (B, 1, N)
         return torch.matmul(x.flatten(2), weights.transpose(1, 2)).unsqueeze(-1)
 

@@ -5,7 +5,7 @@ TPAMI, Sec. 3.2, Fig. 3 (5) "att").
 A module takes part if it has an ``attention_map(x) -> (B, N_q, N_k)`` method (gcnet's
 :class:`~gcnet.NonLocalBlock` gives one map per query, N_q = N_k = H*W; :class:`~gcnet.GlobalContextBlock`
 and :class:`~gcnet.SimplifiedNonLocalBlock` one query-independent map, N_q = 1) or if it is a
-``ctxnets_shared.layers.MultiHeadSelfAttention2d`` (maps averaged over heads).
+:class:`~gcnet.analysis.attention.MultiHeadSelfAttention2d` (maps averaged over heads).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ctxnets_shared.layers import MultiHeadSelfAttention2d
+from gcnet.analysis.attention import MultiHeadSelfAttention2d
 from gcnet.analysis.distance import average_cosine_distance
 
 __all__ = ["AttentionProbe", "AttentionRecord", "attention_modules", "capture_attention", "upsample_maps"]
