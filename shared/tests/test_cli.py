@@ -239,3 +239,62 @@ def test_bench_keep_freed_memory_runs_under_the_allocator_settings(tmp_path: Pat
         in header
     )
     assert len(json.loads((tmp_path / "bench.json").read_text())["results"]) == 2
+
+
+class _FakeHfApi:
+    """Records what ``ctxnets convert --push-to-hub`` asks of huggingface_hub; nothing leaves the machine."""
+
+    calls: list[tuple[str, dict[str, object]]] = []
+
+    def create_repo(self, repo_id: str, **kw: object) -> None:
+        self.calls.append(("create_repo", {"repo_id": repo_id, **kw}))
+
+    def upload_folder(self, **kw: object) -> None:
+        folder = Path(str(kw["folder_path"]))
+        self.calls.append(("upload_folder", {**kw, "files": sorted(p.name for p in folder.iterdir())}))
+
+
+def test_convert_push_to_hub_uploads_the_folder_with_a_model_card(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+    import types
+
+    from ctxnets_shared.weights import CheckpointConverter
+
+    pkg = CtxnetsPackage(
+        distribution="zootest",
+        import_name="tests",
+        paper="ResNet",
+        models=("zootest_resnet18",),
+        converter=CheckpointConverter(),
+        citation="@inproceedings{he2016resnet, title={Deep Residual Learning for Image Recognition}}",
+    )
+    monkeypatch.setattr(packages, "_CACHE", {"zootest": pkg})
+    hub = types.ModuleType("huggingface_hub")
+    hub.HfApi = _FakeHfApi  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "huggingface_hub", hub)
+    _FakeHfApi.calls = []
+    torch.save({"state_dict": timm.create_model("zootest_resnet18").state_dict()}, tmp_path / "r18.pth.tar")
+
+    # without the flag nothing is uploaded
+    assert main(["convert", "zootest_resnet18", str(tmp_path / "r18.pth.tar"), str(tmp_path / "plain")]) == 0
+    assert _FakeHfApi.calls == [] and not (tmp_path / "plain" / "README.md").exists()
+
+    out = tmp_path / "out"
+    argv = ["convert", "zootest_resnet18", str(tmp_path / "r18.pth.tar"), str(out), "--push-to-hub", "me/r18"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"pushed {out} to https://huggingface.co/me/r18"
+    (create, c_kw), (upload, u_kw) = _FakeHfApi.calls
+    assert create == "create_repo" and c_kw["repo_id"] == "me/r18" and c_kw["private"] is False
+    assert upload == "upload_folder" and u_kw["repo_id"] == "me/r18" and u_kw["folder_path"] == str(out)
+    assert u_kw["files"] == ["README.md", "config.json", "model.safetensors"]
+    card = (out / "README.md").read_text()
+    assert "library_name: timm" in card and "license: apache-2.0" in card
+    assert "*ResNet* (arXiv:1512.03385)" in card
+    assert "| parameters | 11,689,512 | 11,689,512 |" in card  # He et al.'s count, measured and claimed
+    assert "| ImageNet-1k top-1 (%) | not re-measured | 69.8 |" in card
+    assert "`r18.pth.tar` (SHA-256 `" in card and "CheckpointConverter" in card
+    assert "Verified in `zootest`'s tests: official-layout checkpoints convert key for key." in card
+    assert "```bibtex\n@inproceedings{he2016resnet" in card
+    assert 'timm.create_model("hf-hub:me/r18", pretrained=True)' in card

@@ -305,7 +305,33 @@ def cmd_convert(args: argparse.Namespace) -> int:
     converter = type(pkg.converter)(use_ema=args.ema)
     out = converter.convert(args.model, ckpt, args.out_dir)
     print(f"converted {ckpt} -> {out} (load with timm.create_model('local-dir:{out}', pretrained=True))")
+    if args.push_to_hub:
+        _push_to_hub(pkg, converter, args, ckpt, Path(out))
     return 0
+
+
+def _push_to_hub(pkg: Any, converter: Any, args: argparse.Namespace, ckpt: Path, out: Path) -> None:
+    from ctxnets_shared.weights.hub import model_card, push_folder
+    from ctxnets_shared.weights.io import load_pretrained
+
+    card = model_card(
+        load_pretrained(out),
+        args.model,
+        repo_id=args.push_to_hub,
+        source=ckpt,
+        converter=type(converter).__name__,
+        package=pkg.distribution,
+        package_version=distribution_version(pkg.distribution),
+        citation=getattr(pkg, "citation", ""),
+        verified=getattr(converter, "verified", ""),
+    )
+    with atomic_write(out / "README.md", "w") as f:
+        f.write(card)
+    try:
+        url = push_folder(out, args.push_to_hub, private=args.private)
+    except ImportError as e:
+        raise UserError(str(e)) from None
+    print(f"pushed {out} to {url}")
 
 
 # ---- entry point -------------------------------------------------------------------------------
@@ -369,6 +395,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint", help="official .pth / .pth.tar file")
     s.add_argument("out_dir")
     s.add_argument("--ema", action="store_true", help="take the EMA weights of a training checkpoint")
+    s.add_argument(
+        "--push-to-hub",
+        metavar="REPO",
+        help="also upload the folder, with a generated model card (README.md), to this Hugging Face Hub "
+        "repository (user/name; needs huggingface_hub and a login); off by default",
+    )
+    s.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     s.set_defaults(func=cmd_convert)
     return p
 

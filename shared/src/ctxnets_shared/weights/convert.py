@@ -47,11 +47,14 @@ class CheckpointConverter:
         ema_keys: the same for EMA weights, used when ``use_ema=True``.
         strip_prefixes: prefixes removed from the start of every key, in any order and repeatedly
             (DataParallel / DDP's ``module.``, torch.compile's ``_orig_mod.``).
+        verified: one sentence on what the package's tests establish about this conversion (quoted by
+            the model card of a published checkpoint).
     """
 
     wrapper_keys: tuple[str, ...] = ("state_dict", "model", "net", "module")
     ema_keys: tuple[str, ...] = ("state_dict_ema", "model_ema", "ema")
     strip_prefixes: tuple[str, ...] = ("module.", "_orig_mod.")
+    verified: str = ""
 
     def __init__(self, use_ema: bool = False) -> None:
         self.use_ema = use_ema
