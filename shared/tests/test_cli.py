@@ -298,3 +298,60 @@ def test_convert_push_to_hub_uploads_the_folder_with_a_model_card(
     assert "Verified in `zootest`'s tests: official-layout checkpoints convert key for key." in card
     assert "```bibtex\n@inproceedings{he2016resnet" in card
     assert 'timm.create_model("hf-hub:me/r18", pretrained=True)' in card
+
+
+def test_bench_help_shows_every_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "By default eager inference only" in text
+    for option, default in [
+        ("--batch-size BATCH_SIZE images per step", "8"),
+        ("--img-size IMG_SIZE square input resolution", "224"),
+        ("or both", "infer"),
+        ("untimed warm-up)", "off"),
+        ("--warmup WARMUP untimed steps per model", "5"),
+        ("the median is kept", "10"),
+        ("--device DEVICE cpu or cuda", "cpu"),
+    ]:
+        assert f"{option} (default: {default})" in text, option
+    assert "--threads THREADS torch intra-op threads (default: torch's choice)" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_bench_defaults_to_eager_inference_with_progress_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["bench", "resnet18", "--vs", "resnet34", "--batch-size", "1", "--img-size", "32"]
+    assert main([*argv, "--repeats", "2", "--warmup", "1", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "bench.json").read_text())["results"]
+    assert [(r["mode"], r["compiled"], r["name"]) for r in rows] == [
+        ("infer", False, "resnet18"),
+        ("infer", False, "resnet34"),
+    ]
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "[infer, eager] resnet18, resnet34: batch 1 at 32px on cpu"
+    assert "[infer, eager] warming up resnet18: 1 untimed step(s)" in err
+    assert "[infer, eager] measuring throughput: repeat 2/2, every model in turn" in err
+    assert err[-1] == "[infer, eager] measuring peak memory: one more step per model"
+    assert not any("CUDA_HOME" in line for line in err)
+
+
+def test_bench_drops_torchs_cuda_home_notice_on_cpu(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # inductor imports torch.utils.cpp_extension, which logs this once on a machine with a CUDA toolkit
+    # and no GPU; compilation itself is stubbed out here (its speed is not what is tested)
+    import logging
+
+    from ctxnets_shared.profiling import benchmark
+
+    monkeypatch.setattr(torch, "compile", lambda model: model)
+    log = logging.getLogger("torch.utils.cpp_extension")
+    monkeypatch.setattr(log, "filters", [])
+    benchmark({"m": torch.nn.Conv2d(3, 4, 3)}, batch_size=1, img_size=8, compile=True, warmup=1, repeats=1)
+    with caplog.at_level(logging.WARNING):
+        log.warning("No CUDA runtime is found, using CUDA_HOME='%s'", "/usr/local")
+        log.warning("an unrelated warning still shows")
+    assert [r.getMessage() for r in caplog.records] == ["an unrelated warning still shows"]
