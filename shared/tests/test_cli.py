@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -355,3 +356,32 @@ def test_bench_drops_torchs_cuda_home_notice_on_cpu(
         log.warning("No CUDA runtime is found, using CUDA_HOME='%s'", "/usr/local")
         log.warning("an unrelated warning still shows")
     assert [r.getMessage() for r in caplog.records] == ["an unrelated warning still shows"]
+
+
+def test_version_imports_neither_torch_nor_timm(tmp_path: Path) -> None:
+    import sys
+
+    from ctxnets_shared import __version__
+
+    code = (
+        "import sys\n"
+        "from ctxnets_shared.console import main\n"
+        "rc = main(['--version'])\n"
+        "heavy = sorted(m for m in ('torch', 'timm') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "sys.exit(rc)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == f"ctxnets-shared {__version__}\n"
+    # the installed console script too: with torch and timm made unimportable it still answers
+    for name in ("torch", "timm"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(f"raise ImportError('{name} was imported')\n")
+    exe = shutil.which("ctxnets")
+    assert exe is not None
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    res = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60, env=env)
+    assert (res.returncode, res.stdout) == (0, f"ctxnets-shared {__version__}\n"), res.stderr
+    res = subprocess.run([exe, "list"], capture_output=True, text=True, timeout=60, env=env)
+    assert "was imported" in res.stderr  # the poison works: any other command needs timm and torch
