@@ -385,3 +385,16 @@ def test_version_imports_neither_torch_nor_timm(tmp_path: Path) -> None:
     assert (res.returncode, res.stdout) == (0, f"ctxnets-shared {__version__}\n"), res.stderr
     res = subprocess.run([exe, "list"], capture_output=True, text=True, timeout=60, env=env)
     assert "was imported" in res.stderr  # the poison works: any other command needs timm and torch
+
+
+def test_zoo_chart_marks_models_measured_above_224_px(tmp_path: Path) -> None:
+    from ctxnets_shared.zoo import ZooRow, point_label
+
+    def row(model: str, size: int) -> ZooRow:
+        return ZooRow(model, "pkg", size, 1, 1, True, 5.0, 5.0, True, 84.3, None, 1)
+
+    assert point_label(row("hiri_vit_s", 448)) == "hiri_vit_s (448 px)"
+    assert point_label(row("container_x", 768)) == "container_x (768 px)"
+    assert point_label(row("cotnet50", 224)) == "cotnet50"
+    written = write_outputs([row("cotnet50", 224), row("hiri_vit_s", 448)], tmp_path, None)
+    assert (tmp_path / "zoo.png") in written and (tmp_path / "zoo.png").stat().st_size > 0
