@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.util
 import io
 import re
 import shlex
@@ -325,3 +326,23 @@ def test_weights_page_lists_every_model_and_tag() -> None:
     for tag in tags:
         cfg = timm.get_pretrained_cfg(tag)
         assert f"`{tag}`" in page and cfg.weights_page in page, tag
+
+
+def test_sphinx_roles_in_docstrings_become_references() -> None:
+    # the mkdocs hook behind the API pages (mkdocs.yml `hooks:`); the built site is checked by `nox -s docs`
+    spec = importlib.util.spec_from_file_location("sphinx_roles", ROOT / "docs" / "hooks" / "sphinx_roles.py")
+    assert spec is not None and spec.loader is not None
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    html = (
+        "see :class:<code>~ctxnets_shared.weights.errors.UnsafeCheckpointError</code>, "
+        ":func:<code>save_pretrained()</code> and :mod:<code>ctxnets_shared.weights.unpickle</code>"
+    )
+    assert hook.roles_to_refs(html) == (
+        'see <autoref identifier="ctxnets_shared.weights.errors.UnsafeCheckpointError" optional>'
+        "<code>UnsafeCheckpointError</code></autoref>, "
+        '<autoref identifier="save_pretrained" optional><code>save_pretrained()</code></autoref> and '
+        '<autoref identifier="ctxnets_shared.weights.unpickle" optional>'
+        "<code>ctxnets_shared.weights.unpickle</code></autoref>"
+    )
+    assert hook.roles_to_refs("a <code>plain</code> span") == "a <code>plain</code> span"
