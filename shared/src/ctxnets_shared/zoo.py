@@ -177,7 +177,7 @@ def _plot(rows: Sequence[ZooRow], path: Path) -> Path:
             sub = [r for r in pts if (r.img_size > _BASE_SIZE) == size_class]
             if sub:  # squares: measured at a higher input resolution than 224, so not like-for-like
                 ax.scatter(
-                    [r.gflops for r in sub], [r.paper_top1 for r in sub], s=30, color=color,
+                    [r.gflops for r in sub], [float(r.paper_top1 or 0.0) for r in sub], s=30, color=color,
                     marker="s" if size_class else "o",
                 )  # fmt: skip
         for i, r in enumerate(sorted(pts, key=lambda p: p.gflops)):
