@@ -143,7 +143,8 @@ def wheels(session: nox.Session) -> None:
 
     torch (several GB) is put into each fresh venv from uv's cache first to keep the session fast; pip then
     resolves everything else the wheel declares (timm, einops, safetensors, ctxnets-shared from its wheel)
-    as a user's ``pip install`` would. The six venvs are checked side by side.
+    as a user's ``pip install`` would. The six venvs are checked side by side, with a seventh for the
+    README's CPU-only install (torch from PyTorch's CPU index: no CUDA build, no nvidia-* packages).
     """
     _sync(session, "--only-group", "lint")  # gives the session venv a python; the work happens in fresh venvs
     work = Path(tempfile.mkdtemp(prefix="ctxnets-wheels-"))
@@ -162,12 +163,15 @@ def _check_wheels(session: nox.Session, work: Path) -> None:
     # the six venvs are independent and their checks mostly single-threaded (pip, imports), so they run
     # side by side; each package's log is printed whole, in order, once all are done
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
-        results = list(pool.map(lambda p: _check_wheel(p, dist, work), PACKAGES))
+        jobs = [pool.submit(_check_wheel, p, dist, work) for p in PACKAGES]
+        jobs.append(pool.submit(_check_cpu_only_install, dist, work))
+        results = [job.result() for job in jobs]
     failed = []
     for package, log, error in results:
-        session.log(f"wheel of {_folder(package)}:\n{log}")
+        label = _folder(package) if package in PACKAGES else package
+        session.log(f"wheel of {label}:\n{log}")
         if error:
-            failed.append(f"{_folder(package)}: {error}")
+            failed.append(f"{label}: {error}")
     if failed:
         session.error("wheel checks failed:\n" + "\n".join(failed))
 
@@ -212,6 +216,51 @@ def _check_wheel(package: str, dist: Path, work: Path) -> tuple[str, str, str | 
         if res.returncode != 0:
             return package, "\n".join(log), f"exit {res.returncode}: {shown}"
     return package, "\n".join(log), None
+
+
+# what README.md and docs/index.md tell a CPU user to run (pip: --index-url https://download.pytorch.org/whl/cpu)
+_CPU_CHECK = """\
+import importlib.metadata as md, torch, timm, cot
+assert torch.version.cuda is None, torch.version.cuda
+names = [d.metadata["Name"] for d in md.distributions()]
+cuda = sorted(n for n in names if n.lower().startswith("nvidia"))
+assert not cuda, cuda
+model = timm.create_model("cotnet50")
+print("torch", torch.__version__, "(CPU build)", sum(p.numel() for p in model.parameters()))
+"""
+
+
+def _check_cpu_only_install(dist: Path, work: Path) -> tuple[str, str, str | None]:
+    """The documented CPU-only install: torch from PyTorch's CPU index first, then the wheels with pip."""
+    venv = work / "venv-cpu"
+    py = str(venv / "bin" / "python")
+    wheels = [str(next(dist.glob("ctxnets_shared-*.whl"))), str(next(dist.glob("cotnet-*.whl")))]
+    commands = [
+        [sys.executable, "-m", "venv", str(venv)],
+        # torchvision too (timm needs it): from PyPI it would pin a CUDA torch of its own version
+        [
+            shutil.which("uv") or "uv",
+            "pip",
+            "install",
+            "--python",
+            py,
+            "--torch-backend",
+            "cpu",
+            "torch",
+            "torchvision",
+        ],
+        [py, "-m", "pip", "install", "--quiet", *wheels],
+        [py, "-c", _CPU_CHECK],
+        [str(venv / "bin" / "ctxnets"), "--version"],
+    ]
+    log = []
+    for cmd in commands:
+        shown = " ".join(cmd) if cmd[1] != "-c" else f"{cmd[0]} -c <CPU-only check>"
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        log.append(f"$ {shown}\n{res.stdout}{res.stderr}".rstrip())
+        if res.returncode != 0:
+            return "cpu-only", "\n".join(log), f"exit {res.returncode}: {shown}"
+    return "cpu-only", "\n".join(log), None
 
 
 @nox.session

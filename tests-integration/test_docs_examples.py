@@ -10,7 +10,8 @@ file's test with the file and line.
 ```bash blocks are not run, but every ``ctxnets``, ``care-ssl``, ``gcnet`` and ``hiri-vit`` command in them
 (also behind ``uv run`` or ``torchrun -m``) is parsed by that command's own argparse parser, so a renamed
 subcommand or flag fails here; ``python SCRIPT`` must name a file of the repository and ``pip install``
-a package of the workspace with extras it declares.
+a package of the workspace with extras it declares (or, with ``--index-url``, torch and torchvision from
+PyTorch's CPU index).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.util
 import io
 import re
 import shlex
@@ -228,6 +230,7 @@ def _workspace_extras() -> dict[str, set[str]]:
     }
 
 
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 SHELL_BLOCKS = [b for blocks in BLOCKS.values() for b in blocks if b.lang in ("bash", "sh", "console")]
 
 
@@ -246,6 +249,12 @@ def test_shell_commands_in_the_docs_exist() -> None:
                 check_cli(TORCHRUN_MODULES[module], argv[argv.index("-m") + 2 :], where)
             elif argv[0] == "python":
                 assert (ROOT / argv[1]).is_file(), f"{where}: no script {argv[1]}"
+            elif argv[:2] == ["pip", "install"] and "--index-url" in argv:
+                # the CPU-only install: PyTorch's own packages from its CPU index, nothing else
+                index = argv[argv.index("--index-url") + 1]
+                assert index == CPU_INDEX, f"{where}: torch from {index}, not {CPU_INDEX}"
+                rest = set(argv[2:]) - {"--index-url", index}
+                assert rest <= {"torch", "torchvision"}, f"{where}: {sorted(rest)} from the CPU index"
             elif argv[:2] == ["pip", "install"]:
                 for req in argv[2:]:
                     name, _, extra = req.partition("[")
@@ -273,3 +282,67 @@ def test_shell_check_catches_a_wrong_command() -> None:
     with pytest.raises(AssertionError, match="is not one of"):
         check_cli("ctxnets_shared.cli", ["zoom", "..."], where)
     check_cli("ctxnets_shared.cli", ["zoo", "--no-speed", "--out", "x"], where)
+
+
+# ---- citations and the weights page ---------------------------------------------------------------------
+
+
+def test_citation_file_and_a_bibtex_block_per_package() -> None:
+    import yaml
+
+    from ctxnets_shared.packages import discover_packages
+
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and cff["type"] == "software"
+    assert cff["license"] == "Apache-2.0" and cff["title"].startswith("ctxnets")
+    assert cff["authors"] and cff["version"] == metadata("ctxnets-shared")["Version"]
+    readmes = sorted((ROOT / "packages").glob("*/README.md"))
+    assert len(readmes) == 5
+    for readme in readmes:
+        bib = [b for b in extract_blocks(readme.read_text(), readme.name) if b.lang == "bibtex"]
+        assert len(bib) == 1, readme
+        assert re.match(r"@(article|inproceedings)\{\w+,", bib[0].code) and "title" in bib[0].code, readme
+    for pkg in discover_packages().values():
+        if pkg.citation:  # what model cards quote is the README's block
+            readme = ROOT / ("packages/" + pkg.distribution.replace("cotnet", "cot")) / "README.md"
+            assert pkg.citation.strip() in readme.read_text(), pkg.distribution
+
+
+def test_weights_page_lists_every_model_and_tag() -> None:
+    import timm
+
+    from ctxnets_shared.packages import discover_packages
+
+    page = (ROOT / "docs" / "weights.md").read_text()
+    for pkg in discover_packages().values():
+        for model in pkg.models:
+            assert re.search(rf"\b{model}\b", page), f"docs/weights.md does not mention {model}"
+    tags = [
+        t
+        for t in timm.list_models(pretrained=True)
+        if t.split(".")[0] in {m for p in discover_packages().values() for m in p.models}
+    ]
+    assert len(tags) == 9
+    for tag in tags:
+        cfg = timm.get_pretrained_cfg(tag)
+        assert f"`{tag}`" in page and cfg.weights_page in page, tag
+
+
+def test_sphinx_roles_in_docstrings_become_references() -> None:
+    # the mkdocs hook behind the API pages (mkdocs.yml `hooks:`); the built site is checked by `nox -s docs`
+    spec = importlib.util.spec_from_file_location("sphinx_roles", ROOT / "docs" / "hooks" / "sphinx_roles.py")
+    assert spec is not None and spec.loader is not None
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    html = (
+        "see :class:<code>~ctxnets_shared.weights.errors.UnsafeCheckpointError</code>, "
+        ":func:<code>save_pretrained()</code> and :mod:<code>ctxnets_shared.weights.unpickle</code>"
+    )
+    assert hook.roles_to_refs(html) == (
+        'see <autoref identifier="ctxnets_shared.weights.errors.UnsafeCheckpointError" optional>'
+        "<code>UnsafeCheckpointError</code></autoref>, "
+        '<autoref identifier="save_pretrained" optional><code>save_pretrained()</code></autoref> and '
+        '<autoref identifier="ctxnets_shared.weights.unpickle" optional>'
+        "<code>ctxnets_shared.weights.unpickle</code></autoref>"
+    )
+    assert hook.roles_to_refs("a <code>plain</code> span") == "a <code>plain</code> span"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -239,3 +240,161 @@ def test_bench_keep_freed_memory_runs_under_the_allocator_settings(tmp_path: Pat
         in header
     )
     assert len(json.loads((tmp_path / "bench.json").read_text())["results"]) == 2
+
+
+class _FakeHfApi:
+    """Records what ``ctxnets convert --push-to-hub`` asks of huggingface_hub; nothing leaves the machine."""
+
+    calls: list[tuple[str, dict[str, object]]] = []
+
+    def create_repo(self, repo_id: str, **kw: object) -> None:
+        self.calls.append(("create_repo", {"repo_id": repo_id, **kw}))
+
+    def upload_folder(self, **kw: object) -> None:
+        folder = Path(str(kw["folder_path"]))
+        self.calls.append(("upload_folder", {**kw, "files": sorted(p.name for p in folder.iterdir())}))
+
+
+def test_convert_push_to_hub_uploads_the_folder_with_a_model_card(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+    import types
+
+    from ctxnets_shared.weights import CheckpointConverter
+
+    pkg = CtxnetsPackage(
+        distribution="zootest",
+        import_name="tests",
+        paper="ResNet",
+        models=("zootest_resnet18",),
+        converter=CheckpointConverter(),
+        citation="@inproceedings{he2016resnet, title={Deep Residual Learning for Image Recognition}}",
+    )
+    monkeypatch.setattr(packages, "_CACHE", {"zootest": pkg})
+    hub = types.ModuleType("huggingface_hub")
+    hub.HfApi = _FakeHfApi  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "huggingface_hub", hub)
+    _FakeHfApi.calls = []
+    torch.save({"state_dict": timm.create_model("zootest_resnet18").state_dict()}, tmp_path / "r18.pth.tar")
+
+    # without the flag nothing is uploaded
+    assert main(["convert", "zootest_resnet18", str(tmp_path / "r18.pth.tar"), str(tmp_path / "plain")]) == 0
+    assert _FakeHfApi.calls == [] and not (tmp_path / "plain" / "README.md").exists()
+
+    out = tmp_path / "out"
+    argv = ["convert", "zootest_resnet18", str(tmp_path / "r18.pth.tar"), str(out), "--push-to-hub", "me/r18"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"pushed {out} to https://huggingface.co/me/r18"
+    (create, c_kw), (upload, u_kw) = _FakeHfApi.calls
+    assert create == "create_repo" and c_kw["repo_id"] == "me/r18" and c_kw["private"] is False
+    assert upload == "upload_folder" and u_kw["repo_id"] == "me/r18" and u_kw["folder_path"] == str(out)
+    assert u_kw["files"] == ["README.md", "config.json", "model.safetensors"]
+    card = (out / "README.md").read_text()
+    assert "library_name: timm" in card and "license: apache-2.0" in card
+    assert "*ResNet* (arXiv:1512.03385)" in card
+    assert "| parameters | 11,689,512 | 11,689,512 |" in card  # He et al.'s count, measured and claimed
+    assert "| ImageNet-1k top-1 (%) | not re-measured | 69.8 |" in card
+    assert "`r18.pth.tar` (SHA-256 `" in card and "CheckpointConverter" in card
+    assert "Verified in `zootest`'s tests: official-layout checkpoints convert key for key." in card
+    assert "```bibtex\n@inproceedings{he2016resnet" in card
+    assert 'timm.create_model("hf-hub:me/r18", pretrained=True)' in card
+
+
+def test_bench_help_shows_every_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "By default eager inference only" in text
+    for option, default in [
+        ("--batch-size BATCH_SIZE images per step", "8"),
+        ("--img-size IMG_SIZE square input resolution", "224"),
+        ("or both", "infer"),
+        ("untimed warm-up)", "off"),
+        ("--warmup WARMUP untimed steps per model", "5"),
+        ("the median is kept", "10"),
+        ("--device DEVICE cpu or cuda", "cpu"),
+    ]:
+        assert f"{option} (default: {default})" in text, option
+    assert "--threads THREADS torch intra-op threads (default: torch's choice)" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_bench_defaults_to_eager_inference_with_progress_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["bench", "resnet18", "--vs", "resnet34", "--batch-size", "1", "--img-size", "32"]
+    assert main([*argv, "--repeats", "2", "--warmup", "1", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "bench.json").read_text())["results"]
+    assert [(r["mode"], r["compiled"], r["name"]) for r in rows] == [
+        ("infer", False, "resnet18"),
+        ("infer", False, "resnet34"),
+    ]
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "[infer, eager] resnet18, resnet34: batch 1 at 32px on cpu"
+    assert "[infer, eager] warming up resnet18: 1 untimed step(s)" in err
+    assert "[infer, eager] measuring throughput: repeat 2/2, every model in turn" in err
+    assert err[-1] == "[infer, eager] measuring peak memory: one more step per model"
+    assert not any("CUDA_HOME" in line for line in err)
+
+
+def test_bench_drops_torchs_cuda_home_notice_on_cpu(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # inductor imports torch.utils.cpp_extension, which logs this once on a machine with a CUDA toolkit
+    # and no GPU; compilation itself is stubbed out here (its speed is not what is tested)
+    import logging
+
+    from ctxnets_shared.profiling import benchmark
+
+    monkeypatch.setattr(torch, "compile", lambda model: model)
+    log = logging.getLogger("torch.utils.cpp_extension")
+    monkeypatch.setattr(log, "filters", [])
+    benchmark({"m": torch.nn.Conv2d(3, 4, 3)}, batch_size=1, img_size=8, compile=True, warmup=1, repeats=1)
+    with caplog.at_level(logging.WARNING):
+        log.warning("No CUDA runtime is found, using CUDA_HOME='%s'", "/usr/local")
+        log.warning("an unrelated warning still shows")
+    assert [r.getMessage() for r in caplog.records] == ["an unrelated warning still shows"]
+
+
+def test_version_imports_neither_torch_nor_timm(tmp_path: Path) -> None:
+    import sys
+
+    from ctxnets_shared import __version__
+
+    code = (
+        "import sys\n"
+        "from ctxnets_shared.console import main\n"
+        "rc = main(['--version'])\n"
+        "heavy = sorted(m for m in ('torch', 'timm') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "sys.exit(rc)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == f"ctxnets-shared {__version__}\n"
+    # the installed console script too: with torch and timm made unimportable it still answers
+    for name in ("torch", "timm"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(f"raise ImportError('{name} was imported')\n")
+    exe = shutil.which("ctxnets")
+    assert exe is not None
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    res = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60, env=env)
+    assert (res.returncode, res.stdout) == (0, f"ctxnets-shared {__version__}\n"), res.stderr
+    res = subprocess.run([exe, "list"], capture_output=True, text=True, timeout=60, env=env)
+    assert "was imported" in res.stderr  # the poison works: any other command needs timm and torch
+
+
+def test_zoo_chart_marks_models_measured_above_224_px(tmp_path: Path) -> None:
+    from ctxnets_shared.zoo import ZooRow, point_label
+
+    def row(model: str, size: int) -> ZooRow:
+        return ZooRow(model, "pkg", size, 1, 1, True, 5.0, 5.0, True, 84.3, None, 1)
+
+    assert point_label(row("hiri_vit_s", 448)) == "hiri_vit_s (448 px)"
+    assert point_label(row("container_x", 768)) == "container_x (768 px)"
+    assert point_label(row("cotnet50", 224)) == "cotnet50"
+    written = write_outputs([row("cotnet50", 224), row("hiri_vit_s", 448)], tmp_path, None)
+    assert (tmp_path / "zoo.png") in written and (tmp_path / "zoo.png").stat().st_size > 0

@@ -64,3 +64,26 @@ def test_batchnorm_statistics_come_from_a_batch_holding_the_checks_input():
     ref = calibrate_batchnorm(randomize_zero_init(timm.create_model("ctxnets_toy")), cal)
     assert torch.equal(model.stem_bn.running_mean, ref.stem_bn.running_mean)
     assert torch.equal(model.stem_bn.running_var, ref.stem_bn.running_var)
+
+
+@pytest.mark.parametrize(
+    ("overlay", "error"),
+    [
+        (dict(url="https://example.invalid/toy.pth"), None),
+        (dict(hf_hub_id="org/toy"), None),
+        (dict(weights_page="https://example.invalid/drive", notes=("get it from the page",)), None),
+        (dict(url="http://example.invalid/toy.pth"), "is not an https link"),
+        (dict(weights_page="https://example.invalid/drive"), "needs notes"),
+    ],
+)
+def test_pretrained_cfg_may_name_where_weights_come_from(overlay, error):
+    import timm
+
+    from ctxnets_shared.testing.checks import check_pretrained_cfg
+
+    model = timm.create_model("ctxnets_toy", pretrained_cfg_overlay=overlay)
+    if error is None:
+        check_pretrained_cfg(model, ModelSpec("ctxnets_toy"))
+    else:
+        with pytest.raises(AssertionError, match=error):
+            check_pretrained_cfg(model, ModelSpec("ctxnets_toy"))

@@ -13,6 +13,7 @@ from container_reference import OfficialContainerLight
 import container
 from container import ContainerConverter
 from ctxnets_shared.weights import CheckpointMismatchError, load_pretrained
+from ctxnets_shared.weights.errors import WeightsNotDownloadableError
 
 # specs/container.md "Official checkpoint keys", shapes from the released module definitions
 OFFICIAL_KEYS = {
@@ -131,3 +132,27 @@ def test_mismatch_report_lists_every_key(tmp_path):
         "stages.1.blocks.0.mixer.in_proj.weight: checkpoint [128, 64, 1, 1] vs model [128, 128, 1, 1]" in msg
     )
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_pretrained_tag_loads_the_official_file_through_timm(tmp_path):
+    # the timm way: no separate convert step; the converter is timm's pretrained_filter_fn
+    assert timm.list_models("container*", pretrained=True) == ["container_v1_light.official_in1k"]
+    official = _official()
+    state = official.state_dict()
+    ema = {k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}
+    torch.save(
+        _trainer_checkpoint({f"module.{k}": v for k, v in state.items()}, ema), tmp_path / "checkpoint.pth"
+    )
+    ours = timm.create_model(
+        "container_v1_light.official_in1k",
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(tmp_path / "checkpoint.pth")),
+    ).eval()
+    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), official(x), rtol=1e-4, atol=1e-4)
+
+
+def test_pretrained_tag_without_a_file_names_the_official_page():
+    with pytest.raises(WeightsNotDownloadableError, match="1WMOWoxTX7AQDCbfMYh7naqIHube3K85A"):
+        timm.create_model("container_v1_light", pretrained=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import timm
 import torch
 
@@ -55,3 +56,13 @@ def test_dilated_conv_becomes_dilated_cot_layer():
     assert [model.layer4[i].conv2.dilation for i in range(3)] == [1, 2, 2]
     with torch.no_grad():
         assert model.eval().forward_features(torch.randn(1, 3, 64, 64)).shape == (1, 2048, 4, 4)
+
+
+def test_a_model_without_an_eligible_conv_is_a_clear_error():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 7), torch.nn.Conv2d(64, 64, 3, groups=64))
+    with pytest.raises(ValueError, match="Sequential has no eligible 3x3 convolution: one needs kernel 3x3"):
+        replace_conv3x3(model)
+    # ResNet-18: both 3x3 convs of layer1's two blocks, and in layers 2-4 all but the first (64->128, ...)
+    resnet = timm.create_model("resnet18")
+    with pytest.raises(ValueError, match="filter_fn kept none of the 13 eligible 3x3 convolutions"):
+        replace_conv3x3(resnet, filter_fn=lambda name, conv: name.startswith("head"))

@@ -198,6 +198,8 @@ def _bench_argv(args: argparse.Namespace, mode: str, compiled: bool, out: str) -
         argv.append("--native-size")
     if args.keep_freed_memory:
         argv.append("--keep-freed-memory")
+    if args.quiet:
+        argv.append("--quiet")
     return [sys.executable, "-m", "ctxnets_shared.cli", "bench", *argv]
 
 
@@ -224,6 +226,13 @@ def _size_text(args: argparse.Namespace) -> str:
     return "each model at its pretrained_cfg input size" if args.native_size else f"{args.img_size}px"
 
 
+def _stderr_progress(label: str) -> Any:
+    def progress(msg: str) -> None:
+        print(f"[{label}] {msg}", file=sys.stderr, flush=True)
+
+    return progress
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     names = [_resolve_model_name(n) for n in [*args.model, *args.vs]]
     peer = names[len(args.model)]
@@ -243,7 +252,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             label = f"{mode}, {'compiled' if compiled else 'eager'}"
             sizes = {n: _native_size(m) for n, m in models.items()} if args.native_size else args.img_size
             print(
-                f"[{label}] batch {args.batch_size} at {_size_text(args)} on {args.device} ...",
+                f"[{label}] {', '.join(models)}: batch {args.batch_size} at {_size_text(args)} on "
+                f"{args.device}",
                 file=sys.stderr,
             )
             results += benchmark(
@@ -256,6 +266,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 warmup=args.warmup,
                 repeats=args.repeats,
                 device=args.device,
+                progress=None if args.quiet else _stderr_progress(label),
             )
     allocator = ""
     if args.keep_freed_memory:
@@ -305,10 +316,47 @@ def cmd_convert(args: argparse.Namespace) -> int:
     converter = type(pkg.converter)(use_ema=args.ema)
     out = converter.convert(args.model, ckpt, args.out_dir)
     print(f"converted {ckpt} -> {out} (load with timm.create_model('local-dir:{out}', pretrained=True))")
+    if args.push_to_hub:
+        _push_to_hub(pkg, converter, args, ckpt, Path(out))
     return 0
 
 
+def _push_to_hub(pkg: Any, converter: Any, args: argparse.Namespace, ckpt: Path, out: Path) -> None:
+    from ctxnets_shared.weights.hub import model_card, push_folder
+    from ctxnets_shared.weights.io import load_pretrained
+
+    card = model_card(
+        load_pretrained(out),
+        args.model,
+        repo_id=args.push_to_hub,
+        source=ckpt,
+        converter=type(converter).__name__,
+        package=pkg.distribution,
+        package_version=distribution_version(pkg.distribution),
+        citation=getattr(pkg, "citation", ""),
+        verified=getattr(converter, "verified", ""),
+    )
+    with atomic_write(out / "README.md", "w") as f:
+        f.write(card)
+    try:
+        url = push_folder(out, args.push_to_hub, private=args.private)
+    except ImportError as e:
+        raise UserError(str(e)) from None
+    print(f"pushed {out} to {url}")
+
+
 # ---- entry point -------------------------------------------------------------------------------
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: ...)" after every option that has a value; options whose help already says
+    it, flags and unset options are left as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action) or text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -337,31 +385,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_zoo)
 
-    s = sub.add_parser("bench", help="throughput and peak memory side by side with a peer, in one process")
+    s = sub.add_parser(
+        "bench",
+        help="throughput and peak memory side by side with a peer, in one process",
+        description="Throughput and peak memory of MODEL(s) beside peer(s), interleaved in one process. "
+        "By default eager inference only; --compile and --mode add torch.compile and training steps.",
+        formatter_class=_DefaultsFormatter,
+    )
     s.add_argument("model", nargs="+", help="model(s) to measure")
     s.add_argument("--vs", nargs="+", required=True, help="peer model(s); ratios are against the first")
-    s.add_argument("--batch-size", type=_positive, default=8)
-    s.add_argument("--img-size", type=_positive, default=224)
+    s.add_argument("--batch-size", type=_positive, default=8, help="images per step")
+    s.add_argument("--img-size", type=_positive, default=224, help="square input resolution")
     s.add_argument(
         "--native-size",
         action="store_true",
         help="run each model at its own pretrained_cfg input size (e.g. a 448 model beside a 224 peer); "
         "overrides --img-size",
     )
-    s.add_argument("--mode", choices=("infer", "train", "both"), default="both")
-    s.add_argument("--compile", choices=("off", "on", "both"), default="both", help="torch.compile")
-    s.add_argument("--channels-last", action="store_true")
+    s.add_argument(
+        "--mode",
+        choices=("infer", "train", "both"),
+        default="infer",
+        help="inference (forward under inference_mode), training (forward, backward, SGD step), or both",
+    )
+    s.add_argument(
+        "--compile",
+        choices=("off", "on", "both"),
+        default="off",
+        help="torch.compile the models (compilation happens in the untimed warm-up)",
+    )
+    s.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     s.add_argument(
         "--keep-freed-memory",
         action="store_true",
         help="tell glibc's allocator to keep freed memory for reuse (Linux): no time spent on page faults "
         "of fresh allocations, which otherwise favours the model with the smaller activations",
     )
-    s.add_argument("--warmup", type=_positive, default=5)
-    s.add_argument("--repeats", type=_positive, default=10)
+    s.add_argument("--warmup", type=_positive, default=5, help="untimed steps per model")
+    s.add_argument("--repeats", type=_positive, default=10, help="timed steps per model; the median is kept")
     s.add_argument("--threads", type=_positive, help="torch intra-op threads (default: torch's choice)")
     s.add_argument("--device", default="cpu", help="cpu or cuda")
-    s.add_argument("--out", help="folder for bench.md and bench.json")
+    s.add_argument("--out", help="folder for bench.md and bench.json (default: print only)")
+    s.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("convert", help="official checkpoint -> safetensors folder timm can load")
@@ -369,6 +434,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint", help="official .pth / .pth.tar file")
     s.add_argument("out_dir")
     s.add_argument("--ema", action="store_true", help="take the EMA weights of a training checkpoint")
+    s.add_argument(
+        "--push-to-hub",
+        metavar="REPO",
+        help="also upload the folder, with a generated model card (README.md), to this Hugging Face Hub "
+        "repository (user/name; needs huggingface_hub and a login); off by default",
+    )
+    s.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     s.set_defaults(func=cmd_convert)
     return p
 

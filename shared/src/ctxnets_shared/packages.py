@@ -62,6 +62,7 @@ class CtxnetsPackage:
         models: timm model names it registers.
         attn_layers: attention names it registers with ``register_attn_layer``.
         converter: converter for official checkpoints of its models, or None.
+        citation: the paper's BibTeX (model cards of converted checkpoints quote it).
     """
 
     distribution: str
@@ -70,6 +71,7 @@ class CtxnetsPackage:
     models: tuple[str, ...] = ()
     attn_layers: tuple[str, ...] = ()
     converter: Converter | None = field(default=None, compare=False)
+    citation: str = ""
 
 
 _CACHE: dict[str, CtxnetsPackage] | None = None

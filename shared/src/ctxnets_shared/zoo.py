@@ -152,6 +152,14 @@ def write_outputs(rows: Sequence[ZooRow], out_dir: str | os.PathLike[str], machi
     return written
 
 
+_BASE_SIZE = 224
+
+
+def point_label(row: ZooRow) -> str:
+    """A chart point's label: the model, with its input size when that is not the usual 224 px."""
+    return row.model if row.img_size == _BASE_SIZE else f"{row.model} ({row.img_size} px)"
+
+
 def _plot(rows: Sequence[ZooRow], path: Path) -> Path:
     import matplotlib
 
@@ -159,17 +167,27 @@ def _plot(rows: Sequence[ZooRow], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
-    by_pkg: dict[str, list[tuple[str, float, float]]] = {}
+    by_pkg: dict[str, list[ZooRow]] = {}
     for r in rows:
         if r.paper_top1 is not None:
-            by_pkg.setdefault(r.package, []).append((r.model, r.gflops, r.paper_top1))
+            by_pkg.setdefault(r.package, []).append(r)
     for pkg, pts in by_pkg.items():
-        ax.scatter([g for _, g, _ in pts], [t for _, _, t in pts], label=pkg, s=30)
-        for i, (model, g, t) in enumerate(sorted(pts, key=lambda p: p[1])):
+        color = ax.scatter([], [], label=pkg, s=30).get_facecolor()
+        for size_class in (False, True):
+            sub = [r for r in pts if (r.img_size > _BASE_SIZE) == size_class]
+            if sub:  # squares: measured at a higher input resolution than 224, so not like-for-like
+                ax.scatter(
+                    [r.gflops for r in sub], [float(r.paper_top1 or 0.0) for r in sub], s=30, color=color,
+                    marker="s" if size_class else "o",
+                )  # fmt: skip
+        for i, r in enumerate(sorted(pts, key=lambda p: p.gflops)):
             # alternate above/below so neighbours with equal top-1 do not print over each other
             ax.annotate(
-                model, (g, t), fontsize=7, xytext=(3, 4 if i % 2 else -10), textcoords="offset points"
-            )
+                point_label(r), (r.gflops, r.paper_top1), fontsize=7, xytext=(3, 4 if i % 2 else -10),
+                textcoords="offset points",
+            )  # fmt: skip
+    if any(r.img_size > _BASE_SIZE for pts in by_pkg.values() for r in pts):
+        ax.scatter([], [], marker="s", color="grey", s=30, label=f"input above {_BASE_SIZE} px")
     ax.set_xlabel("GFLOPs (multiply-accumulates, measured)")
     ax.set_ylabel("ImageNet top-1 (%) reported by the paper")
     ax.set_title("ctxnets zoo")

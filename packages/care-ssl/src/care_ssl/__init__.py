@@ -15,15 +15,27 @@ from ctxnets_shared.packages import CtxnetsPackage, distribution_version
 
 __version__ = distribution_version("care-ssl")
 
+CITATION = """\
+@inproceedings{ge2021care,
+  title     = {Revitalizing {CNN} Attentions via Transformers in Self-Supervised Visual Representation
+               Learning},
+  author    = {Ge, Chongjian and Liang, Youwei and Song, Yibing and Jiao, Jianbo and Wang, Jue and Luo, Ping},
+  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
+  year      = {2021}
+}
+"""
+
 CTXNETS_PACKAGE = CtxnetsPackage(
     distribution="care-ssl",
     import_name="care_ssl",
     paper="CARE: Revitalizing CNN Attentions via Transformers in Self-Supervised Learning (NeurIPS 2021)",
     converter=CareConverter(),
+    citation=CITATION,
 )
 
 __all__ = [
     "CARE",
+    "CITATION",
     "CTXNETS_PACKAGE",
     "DESIGNS",
     "MODES",

@@ -14,15 +14,28 @@ __version__ = distribution_version("container")
 
 MODELS = ("container_v1_light", "container_v1", "container_pam_small")
 
+CITATION = """\
+@inproceedings{gao2021container,
+  title         = {Container: Context Aggregation Networks},
+  author        = {Gao, Peng and Lu, Jiasen and Li, Hongsheng and Mottaghi, Roozbeh and Kembhavi, Aniruddha},
+  booktitle     = {Advances in Neural Information Processing Systems (NeurIPS)},
+  year          = {2021},
+  eprint        = {2106.01401},
+  archivePrefix = {arXiv}
+}
+"""
+
 CTXNETS_PACKAGE = CtxnetsPackage(
     distribution="container",
     import_name="container",
     paper="Container: Context Aggregation Networks (NeurIPS 2021)",
     models=MODELS,
     converter=ContainerConverter(),
+    citation=CITATION,
 )
 
 __all__ = [
+    "CITATION",
     "CTXNETS_PACKAGE",
     "MODELS",
     "Container",

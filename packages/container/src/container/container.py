@@ -28,6 +28,11 @@ from timm.layers import (
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from container.aggregation import ContextAggregation
+<<<<<<< HEAD
+=======
+from container.convert import ContainerConverter
+from container.mlp import ConvMlp
+>>>>>>> weights
 from ctxnets_shared.layers import AttnLayerSpec, create_attn_layer, reset_attn_layers
 from ctxnets_shared.models import check_image_input, feature_take_indices, paper_cfg
 
@@ -374,6 +379,7 @@ def _create_container(variant: str, pretrained: bool = False, **kwargs: Any) -> 
         Container,
         variant,
         pretrained,
+        converter=ContainerConverter(),
         feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)),
         **kwargs,
     )
@@ -402,7 +408,17 @@ def _cfg(params: int, gflops: float, top1: float | None, **kwargs: Any) -> Any:
 # our reconstruction's count within 0.5% of the abstract's "22M", its GMACs, the abstract's 82.7
 default_cfgs = generate_default_cfgs(
     {
-        "container_v1_light": _cfg(20_633_643, 3.86, 82.26),
+        "container_v1_light.official_in1k": _cfg(
+            20_633_643,
+            3.86,
+            82.26,
+            # the official README's model-zoo link: a Google Drive page, no direct download
+            weights_page="https://drive.google.com/file/d/1WMOWoxTX7AQDCbfMYh7naqIHube3K85A/view?usp=sharing",
+            notes=(
+                "official checkpoint (DeiT trainer checkpoint.pth, weights under 'model'): the Google Drive "
+                "link in the Model Zoo table at https://github.com/allenai/container#model-zoo",
+            ),
+        ),
         "container_v1": _cfg(22_434_234, 8.96, 82.7, params_rtol=0.005),
     }
 )

@@ -58,6 +58,11 @@ class ContainerConverter(CheckpointConverter):
 
     wrapper_keys = ("model", "state_dict")
     ema_keys = ("model_ema", "state_dict_ema")
+    verified = (
+        "a checkpoint in the official trainer's layout gives, after conversion, the same logits as an "
+        "independent re-statement of the released architecture loaded with it (official-forward equality, "
+        "tests/test_convert.py)."
+    )
 
     def map_key(self, key: str) -> str | None:
         """Official key -> ours (see the module docstring)."""

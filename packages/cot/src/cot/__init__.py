@@ -24,16 +24,30 @@ MODELS = (
     "se_cotnetd_152",
 )
 
+CITATION = """\
+@article{li2022cotnet,
+  title         = {Contextual Transformer Networks for Visual Recognition},
+  author        = {Li, Yehao and Yao, Ting and Pan, Yingwei and Mei, Tao},
+  journal       = {IEEE Transactions on Pattern Analysis and Machine Intelligence},
+  year          = {2022},
+  doi           = {10.1109/TPAMI.2022.3164083},
+  eprint        = {2107.12292},
+  archivePrefix = {arXiv}
+}
+"""
+
 CTXNETS_PACKAGE = CtxnetsPackage(
     distribution="cotnet",
     import_name="cot",
     paper="Contextual Transformer Networks for Visual Recognition (CoTNet, TPAMI 2022)",
     models=MODELS,
     converter=CotConverter(),
+    citation=CITATION,
 )
 
 __all__ = [
     "ABLATIONS",
+    "CITATION",
     "CTXNETS_PACKAGE",
     "MODELS",
     "CoTNet",

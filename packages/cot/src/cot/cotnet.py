@@ -31,6 +31,7 @@ from timm.layers import (
 )
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
+from cot.convert import CotConverter
 from cot.cot_layer import CotLayer, CoXtLayer
 from cot.se_conv import SeConv2d
 from ctxnets_shared.layers import AttnLayerSpec, create_attn_layer, reset_attn_layers
@@ -417,6 +418,7 @@ def _create_cotnet(variant: str, pretrained: bool = False, **kwargs: Any) -> CoT
         CoTNet,
         variant,
         pretrained,
+        converter=CotConverter(),
         feature_cfg=dict(feature_cls="getter", out_indices=(1, 2, 3, 4)),
         **kwargs,
     )
@@ -442,24 +444,55 @@ def _cfg(params: int, gflops: float, top1: float, **kwargs: Any) -> Any:
     )
 
 
+# The official checkpoints: Google Drive pages (with Baidu mirrors, access code "cotn") in the "Results on
+# ImageNet" table of the official README; none is a direct download, so the tags name the page.
+_DRIVE = "https://drive.google.com/file/d/{}/view?usp=sharing"
+_WEIGHTS = {
+    "cotnet50": "1SR5ezIu7LN943zHaUh4mC0ehxBVMqtfv",
+    "cotnext50_2x48d": "1j6b5D3xcZ5L_bHiQV0WfqyOieqZLVOCv",
+    "se_cotnetd_50": "1D2b5fr3lxpBpiFcCYBKngmmSgfVHt_56",
+    "cotnet101": "11jExbPEg4Eq5PApisZyE5k-1CbRYnsQb",
+    "cotnext101_2x48d": "1des5wgkBDUscQAs8IYOmKCKKUA46QLfJ",
+    "se_cotnetd_101": "1PWIltQYpYZiDrpfZORRQzGzQeXVd2b2f",
+    "se_cotnetd_152": "1MkMx0a8an3ikt6LZwClIOyabBnMfR91v",
+    "se_cotnetd_152_320": "1E43T2jS37gR07p_FVWnjJNkMWeYMXgX9",
+}
+_NOTES = (
+    "official checkpoint (timm trainer .pth.tar, weights under 'state_dict'): Google Drive, or Baidu with "
+    "access code 'cotn', from the table at https://github.com/JDAI-CV/CoTNet#results-on-imagenet",
+)
+
+
+def _official(name: str, *args: Any, **kwargs: Any) -> Any:
+    return _cfg(*args, weights_page=_DRIVE.format(_WEIGHTS[name]), notes=_NOTES, **kwargs)
+
+
+_SE152 = dict(first_conv="conv1.0", pool_size=(8, 8), input_size=(3, 256, 256), crop_pct=0.888)
+
 # params: the official models' exact counts; GFLOPs (MACs) and top-1 (350-epoch recipe): Tables 3, 4 and 7
 default_cfgs = generate_default_cfgs(
     {
-        "cotnet50": _cfg(22_222_416, 3.3, 81.3),
-        "cotnet101": _cfg(38_272_048, 6.1, 82.8),
-        "cotnext50_2x48d": _cfg(30_046_276, 4.3, 82.1),
-        "cotnext101_2x48d": _cfg(53_346_068, 8.2, 83.2),
-        "se_cotnetd_50": _cfg(23_107_784, 4.1, 81.6, first_conv="conv1.0"),
-        "se_cotnetd_101": _cfg(40_912_392, 8.5, 83.2, first_conv="conv1.0"),
-        "se_cotnetd_152": _cfg(
+        "cotnet50.official_in1k": _official("cotnet50", 22_222_416, 3.3, 81.3),
+        "cotnet101.official_in1k": _official("cotnet101", 38_272_048, 6.1, 82.8),
+        "cotnext50_2x48d.official_in1k": _official("cotnext50_2x48d", 30_046_276, 4.3, 82.1),
+        "cotnext101_2x48d.official_in1k": _official("cotnext101_2x48d", 53_346_068, 8.2, 83.2),
+        "se_cotnetd_50.official_in1k": _official(
+            "se_cotnetd_50", 23_107_784, 4.1, 81.6, first_conv="conv1.0"
+        ),
+        "se_cotnetd_101.official_in1k": _official(
+            "se_cotnetd_101", 40_912_392, 8.5, 83.2, first_conv="conv1.0"
+        ),
+        "se_cotnetd_152.official_in1k": _official(
+            "se_cotnetd_152", 55_783_688, 17.0, 84.0, paper_img_size=256, **_SE152
+        ),
+        # the same network, released separately for 320 px evaluation (official README: 84.6, 26.5 GFLOPs)
+        "se_cotnetd_152.official_in1k_320": _official(
+            "se_cotnetd_152_320",
             55_783_688,
-            17.0,
-            84.0,
-            first_conv="conv1.0",
-            input_size=(3, 256, 256),
-            pool_size=(8, 8),
-            crop_pct=0.888,
-            paper_img_size=256,
+            26.5,
+            84.6,
+            paper_img_size=320,
+            **dict(_SE152, input_size=(3, 320, 320), pool_size=(10, 10)),
         ),
     }
 )

@@ -57,15 +57,28 @@ def replace_conv3x3(
         **layer_kwargs: options for ``layer_cls`` (e.g. an ablation from :data:`cot.cot_layer.ABLATIONS`).
 
     Returns:
-        The qualified names of the replaced convolutions.
+        The qualified names of the replaced convolutions (never empty).
+
+    Raises:
+        ValueError: no convolution is eligible (or ``filter_fn`` kept none): nothing would change, which
+            is almost always a wrong model or filter rather than the intent.
     """
     share_planes = int(layer_kwargs.get("share_planes", 8)) * int(layer_kwargs.get("groups", 1))
     key_groups = int(layer_kwargs.get("key_groups", 4))
-    targets = []
+    targets, eligible_count = [], 0
     for name, module in model.named_modules():
         eligible = isinstance(module, nn.Conv2d) and _replaceable(module, share_planes, key_groups)
+        eligible_count += eligible
         if eligible and (filter_fn is None or filter_fn(name, module)):
             targets.append(name)
+    if not targets:
+        if eligible_count:
+            raise ValueError(f"filter_fn kept none of the {eligible_count} eligible 3x3 convolutions")
+        raise ValueError(
+            f"{type(model).__name__} has no eligible 3x3 convolution: one needs kernel 3x3, groups=1, "
+            f"in_channels == out_channels divisible by {share_planes} and {key_groups}, equal strides, "
+            "and padding equal to its dilation"
+        )
     for name in targets:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

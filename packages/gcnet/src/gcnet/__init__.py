@@ -27,6 +27,18 @@ ATTN_LAYERS = {"gc": GlobalContextBlock, "nl": NonLocalBlock, "snl": SimplifiedN
 for _name, _factory in ATTN_LAYERS.items():
     register_attn_layer(_name, _factory, source="gcnet")
 
+CITATION = """\
+@article{cao2020gcnet,
+  title         = {Global Context Networks},
+  author        = {Cao, Yue and Xu, Jiarui and Lin, Stephen and Wei, Fangyun and Hu, Han},
+  journal       = {IEEE Transactions on Pattern Analysis and Machine Intelligence},
+  year          = {2020},
+  doi           = {10.1109/TPAMI.2020.3047209},
+  eprint        = {2012.13375},
+  archivePrefix = {arXiv}
+}
+"""
+
 CTXNETS_PACKAGE = CtxnetsPackage(
     distribution="gcnet",
     import_name="gcnet",
@@ -34,10 +46,12 @@ CTXNETS_PACKAGE = CtxnetsPackage(
     models=MODELS,
     attn_layers=tuple(ATTN_LAYERS),
     converter=MMDetGCNetConverter(),
+    citation=CITATION,
 )
 
 __all__ = [
     "ATTN_LAYERS",
+    "CITATION",
     "CTXNETS_PACKAGE",
     "FUSIONS",
     "MODELS",

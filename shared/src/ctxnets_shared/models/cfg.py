@@ -28,6 +28,9 @@ class PaperCfg(PretrainedCfg):
         paper_img_size: resolution of ``paper_gflops``.
         params_rtol: relative tolerance on the parameter count (0.0: exact).
         gflops_rtol: relative tolerance on GFLOPs.
+        weights_page: where the official checkpoint is published when it has no direct download link
+            (a Google Drive page, say); a tag with one counts as having weights, and ``pretrained=True``
+            without ``pretrained_cfg_overlay=dict(file=...)`` says where to get the file.
     """
 
     paper_params: int | None = None
@@ -36,12 +39,21 @@ class PaperCfg(PretrainedCfg):
     paper_img_size: int | None = None
     params_rtol: float = 0.0
     gflops_rtol: float = 0.05
+    weights_page: str | None = None
+
+    @property
+    def has_weights(self) -> bool:  # type: ignore[override]
+        """timm's test (url, file or hub id), or an official page the file can be fetched from by hand.
+
+        timm lists a tag in ``list_models(pretrained=True)`` only when this is true.
+        """
+        return bool(super().has_weights or self.weights_page)
 
 
 PAPER_FIELDS: tuple[str, ...] = tuple(
     f.name
     for f in dataclasses.fields(PaperCfg)
-    if f.name not in {g.name for g in dataclasses.fields(PretrainedCfg)}
+    if f.name not in {g.name for g in dataclasses.fields(PretrainedCfg)} and f.name != "weights_page"
 )
 
 
@@ -62,7 +74,7 @@ def paper_cfg(
     """Build a :class:`PaperCfg` with ImageNet defaults (224, bicubic, crop 0.875) unless overridden.
 
     Args:
-        url: weights URL (empty: no hosted weights; ctxnets never downloads at run time).
+        url: direct download link of the official weights (empty: none; see ``weights_page``).
         paper_params: exact parameter count the model must have.
         paper_gflops: paper GMACs at ``paper_img_size``.
         paper_top1: paper top-1 accuracy.

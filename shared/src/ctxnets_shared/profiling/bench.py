@@ -12,6 +12,7 @@ how the C library hands memory back to the system.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import statistics
 import sys
@@ -124,6 +125,24 @@ def _peak_memory_mb(step: Callable[[], None], dev: torch.device) -> float:
     return _cpu_peak_mb(step)
 
 
+class _DropCudaHomeNotice(logging.Filter):
+    """Drops torch's "No CUDA runtime is found, using CUDA_HOME=..." warning.
+
+    ``torch.utils.cpp_extension`` logs it once, when first imported, on a machine that has a CUDA toolkit
+    but no GPU; ``torch.compile``'s inductor imports that module, so every compiled CPU run printed it. No
+    C++ extension is built by a benchmark, so the notice says nothing about the measurement.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+
+def _silence_cuda_home_notice() -> None:
+    log = logging.getLogger("torch.utils.cpp_extension")
+    if not any(isinstance(f, _DropCudaHomeNotice) for f in log.filters):
+        log.addFilter(_DropCudaHomeNotice())
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -164,6 +183,8 @@ def benchmark(
     if batch_size < 1 or min(sizes.values(), default=1) < 1 or repeats < 1 or warmup < 0:
         raise ValueError("batch_size, img_size and repeats must be >= 1 and warmup >= 0")
     dev = torch.device(device)
+    if compile and dev.type != "cuda":
+        _silence_cuda_home_notice()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     steps: dict[str, Callable[[], None]] = {}
     for name, model in models.items():
@@ -174,7 +195,8 @@ def benchmark(
 
     for name, step in steps.items():
         if progress:
-            progress(f"warm-up {name}")
+            what = "compiling (torch.compile) and warming up" if compile else "warming up"
+            progress(f"{what} {name}: {warmup} untimed step(s)")
         for _ in range(warmup):
             step()
         _sync(dev)
@@ -182,7 +204,7 @@ def benchmark(
     times: dict[str, list[float]] = {name: [] for name in steps}
     for r in range(repeats):
         if progress:
-            progress(f"repeat {r + 1}/{repeats}")
+            progress(f"measuring throughput: repeat {r + 1}/{repeats}, every model in turn")
         for name, step in steps.items():
             _sync(dev)
             t0 = time.perf_counter()
@@ -190,6 +212,8 @@ def benchmark(
             _sync(dev)
             times[name].append(time.perf_counter() - t0)
 
+    if progress:
+        progress("measuring peak memory: one more step per model")
     peaks = {name: _peak_memory_mb(step, dev) for name, step in steps.items()}
 
     results = []

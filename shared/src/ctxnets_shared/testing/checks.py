@@ -242,7 +242,11 @@ def check_timm_attributes(model: Any, spec: ModelSpec) -> None:
 
 
 def check_pretrained_cfg(model: Any, spec: ModelSpec) -> None:
-    """The pretrained_cfg fields the monorepo requires, naming real modules, and nothing to download."""
+    """The pretrained_cfg fields the monorepo requires, naming real modules; where weights come from.
+
+    A ``url`` must be https; a tag whose official weights sit behind a web page (``weights_page``, no
+    direct link) must name that page over https and carry a ``notes`` line saying how to get the file.
+    """
     cfg = dict(model.pretrained_cfg)
     required = ("input_size", "first_conv", "classifier", "crop_pct", "interpolation", "mean", "std")
     for key in (*required, "paper_name", "paper_ids", "origin_url"):
@@ -251,8 +255,14 @@ def check_pretrained_cfg(model: Any, spec: ModelSpec) -> None:
     missing_paper = [k for k in ("paper_params", "paper_gflops") if k in PAPER_FIELDS and cfg.get(k) is None]
     if missing_paper:
         _fail(f"{spec.name}: pretrained_cfg lacks the paper's {missing_paper}")
-    if cfg.get("url") or cfg.get("hf_hub_id"):
-        _fail(f"{spec.name}: pretrained_cfg names a download ({cfg.get('url') or cfg.get('hf_hub_id')})")
+    url = cfg.get("url")
+    if url and not (isinstance(url, str) and url.startswith("https://")):
+        _fail(f"{spec.name}: pretrained_cfg['url'] {url!r} is not an https link")
+    page = cfg.get("weights_page")
+    if page and not (isinstance(page, str) and page.startswith("https://")):
+        _fail(f"{spec.name}: pretrained_cfg['weights_page'] {page!r} is not an https link")
+    if page and not (url or cfg.get("hf_hub_id")) and not cfg.get("notes"):
+        _fail(f"{spec.name}: weights_page without a direct link needs notes saying how to get the file")
     if cfg.get("architecture") != spec.name:
         _fail(f"{spec.name}: pretrained_cfg['architecture'] is {cfg.get('architecture')!r}")
     firsts = cfg["first_conv"] if isinstance(cfg["first_conv"], (list, tuple)) else [cfg["first_conv"]]

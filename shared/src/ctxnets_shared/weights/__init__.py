@@ -1,7 +1,12 @@
 """safetensors weights I/O and converters for official checkpoints."""
 
 from ctxnets_shared.weights.convert import CheckpointConverter, read_checkpoint
-from ctxnets_shared.weights.errors import CheckpointMismatchError, UnsafeCheckpointError, WeightsFileError
+from ctxnets_shared.weights.errors import (
+    CheckpointMismatchError,
+    UnsafeCheckpointError,
+    WeightsFileError,
+    WeightsNotDownloadableError,
+)
 from ctxnets_shared.weights.io import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -19,6 +24,7 @@ __all__ = [
     "CheckpointMismatchError",
     "UnsafeCheckpointError",
     "WeightsFileError",
+    "WeightsNotDownloadableError",
     "atomic_write",
     "check_state_dict",
     "load_pretrained",

@@ -16,7 +16,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from ctxnets_shared.weights.errors import WeightsFileError
+from ctxnets_shared.weights.errors import CheckpointMismatchError, WeightsFileError
 from ctxnets_shared.weights.io import check_state_dict, load_safetensors, save_pretrained
 from ctxnets_shared.weights.unpickle import load_checkpoint
 
@@ -47,11 +47,14 @@ class CheckpointConverter:
         ema_keys: the same for EMA weights, used when ``use_ema=True``.
         strip_prefixes: prefixes removed from the start of every key, in any order and repeatedly
             (DataParallel / DDP's ``module.``, torch.compile's ``_orig_mod.``).
+        verified: one sentence on what the package's tests establish about this conversion (quoted by
+            the model card of a published checkpoint).
     """
 
     wrapper_keys: tuple[str, ...] = ("state_dict", "model", "net", "module")
     ema_keys: tuple[str, ...] = ("state_dict_ema", "model_ema", "ema")
     strip_prefixes: tuple[str, ...] = ("module.", "_orig_mod.")
+    verified: str = ""
 
     def __init__(self, use_ema: bool = False) -> None:
         self.use_ema = use_ema
@@ -121,3 +124,41 @@ class CheckpointConverter:
         state = self.convert_state_dict(ckpt, model)
         model.load_state_dict(state, strict=False)  # check_state_dict already enforced every key
         return save_pretrained(model, out_dir, architecture=model_name, model_args=model_kwargs or None)
+
+    def filter_fn(self, state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
+        """timm's ``pretrained_filter_fn``: official weights (or a whole training checkpoint) -> ours.
+
+        Every key and shape is checked against ``model`` except the classifier's and the first conv's
+        shapes, which timm adapts to ``num_classes`` / ``in_chans`` right after this filter; BatchNorm
+        ``num_batches_tracked`` counters the checkpoint lacks are taken from the model, so timm's strict
+        load accepts older files.
+
+        Raises:
+            CheckpointMismatchError: listing every missing, unexpected and mis-shaped key.
+        """
+        out: dict[str, torch.Tensor] = {}
+        for k, v in self.unwrap(state_dict).items():
+            new = self.map_key(k)
+            if new is not None:
+                out[new] = self.map_tensor(new, v)
+        cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+        adapted = [
+            f"{name}."
+            for key in ("classifier", "first_conv")
+            for name in ([cfg[key]] if isinstance(cfg.get(key), str) else list(cfg.get(key) or ()))
+        ]
+        own = model.state_dict()
+        for k, v in own.items():
+            if k.endswith("num_batches_tracked") and k not in out:
+                out[k] = v.clone()
+        free = tuple(adapted)  # timm adds, drops or reshapes these itself
+        missing = [k for k in own if k not in out and not k.startswith(free)]
+        unexpected = [k for k in out if k not in own and not k.startswith(free)]
+        mismatched = [
+            (k, tuple(v.shape), tuple(own[k].shape))
+            for k, v in out.items()
+            if k in own and tuple(v.shape) != tuple(own[k].shape) and not k.startswith(free)
+        ]
+        if missing or unexpected or mismatched:
+            raise CheckpointMismatchError(missing, unexpected, mismatched, context="pretrained checkpoint")
+        return out

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckpointMismatchError", "UnsafeCheckpointError", "WeightsFileError"]
+__all__ = [
+    "CheckpointMismatchError",
+    "UnsafeCheckpointError",
+    "WeightsFileError",
+    "WeightsNotDownloadableError",
+]
 
 
 class WeightsFileError(ValueError):
@@ -11,6 +16,11 @@ class WeightsFileError(ValueError):
 
 class UnsafeCheckpointError(WeightsFileError):
     """A pickled checkpoint that needs arbitrary code execution to load; it is refused, never executed."""
+
+
+class WeightsNotDownloadableError(WeightsFileError):
+    """Official weights published only behind a web page (Google Drive, Baidu): the message says where
+    to fetch the file and how to pass it (``pretrained_cfg_overlay=dict(file=...)``)."""
 
 
 class CheckpointMismatchError(ValueError):
