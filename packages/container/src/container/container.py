@@ -28,11 +28,7 @@ from timm.layers import (
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from container.aggregation import ContextAggregation
-<<<<<<< HEAD
-=======
 from container.convert import ContainerConverter
-from container.mlp import ConvMlp
->>>>>>> weights
 from ctxnets_shared.layers import AttnLayerSpec, create_attn_layer, reset_attn_layers
 from ctxnets_shared.models import check_image_input, feature_take_indices, paper_cfg
 
