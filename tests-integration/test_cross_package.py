@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from ctxnets_shared.packages import discover_packages
 from ctxnets_shared.profiling import count_params
+from ctxnets_shared.testing import cuda_like_autocast
 
 
 def _gc_blocks(model: nn.Module) -> list[nn.Module]:
@@ -49,6 +50,29 @@ def test_gc_blocks_inside_another_papers_backbone(name: str) -> None:
     out.logsumexp(1).sum().backward()
     for b in blocks:  # the add-fusion's last conv starts at zero, but its gradient does not
         assert b.channel_add_conv[-1].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name", ["gc_resnet50", *GC_HOSTS])
+def test_gc_blocks_train_under_cuda_autocast_policy(name: str, dtype: torch.dtype) -> None:
+    """GC-ResNet-50 and GC blocks inside the other papers' backbones train under CUDA's autocast dtype
+    policy (the GC softmax returns float32 beside bf16/fp16 activations), emulated on CPU."""
+    discover_packages()
+    stages, _, size = GC_HOSTS.get(name, ((1, 2, 3), None, 64))
+    kwargs = {} if name == "gc_resnet50" else dict(attn_layer="gc", attn_stages=stages)
+    torch.manual_seed(0)
+    model = timm.create_model(name, **kwargs).train()
+    blocks = _gc_blocks(model)
+    assert blocks
+    with cuda_like_autocast(dtype):
+        out = model(torch.randn(2, 3, size, size))
+        loss = out.float().logsumexp(1).sum()
+    loss.backward()
+    assert torch.isfinite(out.float()).all()
+    for b in blocks:
+        for p in b.parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all()
+        assert b.conv_mask.weight.grad.dtype == torch.float32
 
 
 @pytest.mark.parametrize("name", list(GC_HOSTS))

@@ -28,7 +28,9 @@ DEFECTS: dict[str, str] = {
     "fx_features_differ": "fx_feature_extraction",
     "not_scriptable": "torchscript",
     "compile_differs": "compile",
-    "bf16_nan": "autocast_bf16",
+    "bf16_nan": "autocast",
+    "autocast_dtype_mix": "autocast",
+    "channels_last_view": "channels_last",
     "bn_momentum": "frozen_bn_training",
     "bn_model_mode": "eval_bn_training",
     "sync_bn_refused": "sync_bn_training",
@@ -36,6 +38,23 @@ DEFECTS: dict[str, str] = {
     "kwargs_forgotten": "round_trip",
     "no_input_check": "bad_input",
 }
+
+
+class _ScaleByAttention(torch.autograd.Function):
+    """``x * a`` with a backward that assumes ``x`` and ``a`` share a dtype: true under CPU autocast, false
+    under CUDA's, where ``a`` (a softmax) is float32 beside bfloat16 ``x`` (the GC block's old bug)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, a)
+        return x * a
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, a = ctx.saved_tensors
+        b = x.shape[0]
+        grad_a = torch.bmm(g.reshape(b, 1, -1), x.reshape(b, -1, 1))  # needs g and x of one dtype
+        return g * a, grad_a.reshape(a.shape)
 
 
 class ToyStage(nn.Module):
@@ -140,6 +159,12 @@ class ToyNet(nn.Module):
             raise TypeError("this network only takes nn.BatchNorm2d")
         return bn(x)
 
+    @torch.jit.unused
+    def _defective_tail(self, x: torch.Tensor) -> torch.Tensor:
+        if self.defect == "channels_last_view":  # a view that only an NCHW-contiguous batch allows
+            return x.view(x.shape[0], -1).view(x.shape)
+        return _ScaleByAttention.apply(x, x.mean((1, 2, 3), keepdim=True).softmax(dim=0))
+
     def forward_intermediates(
         self,
         x: torch.Tensor,
@@ -188,6 +213,8 @@ class ToyNet(nn.Module):
             x = self.stages(x)
         if self.fn is not None:
             x = self.fn(x)
+        if self.defect in ("channels_last_view", "autocast_dtype_mix"):
+            x = self._defective_tail(x)
         if not torch.jit.is_scripting():
             if self.defect == "compile_differs" and torch.compiler.is_compiling():
                 x = x + 1

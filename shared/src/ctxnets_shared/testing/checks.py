@@ -27,6 +27,7 @@ from timm.utils.model import freeze_batch_norm_2d
 
 from ctxnets_shared.models.cfg import PAPER_FIELDS
 from ctxnets_shared.packages import discover_packages
+from ctxnets_shared.testing.autocast import cuda_like_autocast
 from ctxnets_shared.testing.spec import ModelSpec
 from ctxnets_shared.weights.io import CONFIG_NAME, load_pretrained, save_pretrained
 
@@ -36,8 +37,9 @@ __all__ = [
     "build",
     "calibrate_batchnorm",
     "calibration_input",
-    "check_autocast_bf16",
+    "check_autocast",
     "check_bad_input",
+    "check_channels_last",
     "check_compile",
     "check_eval_bn_training",
     "check_features_only",
@@ -469,13 +471,78 @@ def check_compile(model: Any, spec: ModelSpec) -> None:
         _close(got, model(x), spec, f"torch.compile ({spec.compile_backend}) vs eager")
 
 
-def check_autocast_bf16(model: Any, spec: ModelSpec) -> None:
-    """A CPU bfloat16-autocast forward gives finite logits of the right shape."""
+def _device() -> str:
+    # the dtype checks run on the GPU too when one is present (a CUDA build on a machine with a device)
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _half_step(
+    model: nn.Module, x: torch.Tensor, dtype: torch.dtype, device: str
+) -> tuple[torch.Tensor, nn.Module]:
+    m = copy.deepcopy(model).to(device).train()
+    with cuda_like_autocast(dtype, device):
+        out = m(x.to(device))
+        loss = _logits_loss(out)
+    loss.backward()  # outside autocast, as a GPU training loop does
+    return out.detach(), m
+
+
+def check_autocast(model: Any, spec: ModelSpec) -> None:
+    """Inference and a training step under CUDA's autocast dtype policy, in bfloat16 and float16.
+
+    CUDA's autocast runs convolutions and matrix products in half precision but returns float32 from
+    softmax, layer/group norm, losses and reductions, so a model meets float32 tensors beside bf16/fp16
+    activations (:mod:`ctxnets_shared.testing.autocast` emulates it on CPU; on a machine with a GPU the
+    real policy runs there). Logits must be finite and of the right shape, and every parameter must get a
+    finite gradient from a backward outside the autocast region.
+    """
     x = make_input(spec, _in_chans(model))
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(x)
-    if out.shape != (x.shape[0], _num_classes(model)) or not torch.isfinite(out.float()).all():
-        _fail(f"{spec.name}: bf16 autocast output {tuple(out.shape)} is not finite logits")
+    device = _device()
+    for dtype in (torch.bfloat16, torch.float16):
+        what = f"{str(dtype).removeprefix('torch.')} autocast ({device}, CUDA dtype policy)"
+        try:
+            m = model if device == "cpu" else copy.deepcopy(model).to(device)
+            with torch.no_grad(), cuda_like_autocast(dtype, device):
+                out = m(x.to(device))
+            if out.shape != (x.shape[0], _num_classes(model)) or not torch.isfinite(out.float()).all():
+                _fail(f"{spec.name}: {what} inference gives {tuple(out.shape)} logits, or non-finite ones")
+            out, m = _half_step(model, x, dtype, device)
+        except AssertionError:
+            raise
+        except Exception as e:
+            _fail(f"{spec.name}: {what} failed: {type(e).__name__}: {str(e)[:300]}")
+        if not torch.isfinite(out.float()).all():
+            _fail(f"{spec.name}: {what} training gives non-finite logits")
+        missing = _missing_grads(m)
+        if missing:
+            _fail(f"{spec.name}: {what} training: no finite gradient for {missing[:8]}")
+
+
+#: the batch size of the channels_last check: >1 catches a ``view`` that only works for one image
+CHANNELS_LAST_BATCH = 4
+
+
+def check_channels_last(model: Any, spec: ModelSpec) -> None:
+    """A channels_last batch of 4 gives the NCHW outputs, in eval mode and in a training step (gradients
+    too)."""
+    x = calibration_input(spec, _in_chans(model))[:CHANNELS_LAST_BATCH]  # images the BN statistics know
+    model, x = _precise(model, x, spec)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    try:
+        with torch.no_grad():
+            _close(model(x_cl), model(x), spec, "channels_last vs NCHW outputs (eval)")
+        a, b = copy.deepcopy(model).train(), copy.deepcopy(model).train()
+        out_a, grads_a = _train_step(a, x)
+        out_b, grads_b = _train_step(b, x_cl)
+    except AssertionError:
+        raise
+    except Exception as e:
+        _fail(f"{spec.name}: channels_last input failed: {type(e).__name__}: {str(e)[:300]}")
+    _close(out_b, out_a, spec, "channels_last training outputs")
+    for n, g in grads_a.items():
+        if n not in grads_b:
+            _fail(f"{spec.name}: channels_last training: no gradient for {n}")
+        _close(grads_b[n], g, spec, f"channels_last training: gradient of {n}")
 
 
 def _bn_eval_reference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -648,6 +715,8 @@ STRUCTURAL_CHECKS: tuple[str, ...] = (
     "frozen_bn_training",
     "round_trip",
     "bad_input",
+    "autocast",
+    "channels_last",
 )
 
 #: check name -> (function, whether it applies to a spec)
@@ -663,7 +732,8 @@ CHECKS: dict[str, tuple[Callable[[Any, ModelSpec], None], Callable[[ModelSpec], 
     "fx_feature_extraction": (check_fx_feature_extraction, lambda s: None),
     "torchscript": (check_torchscript, lambda s: None if s.torchscript else "not declared scriptable"),
     "compile": (check_compile, lambda s: None if s.compile_backend else "compile check disabled in spec"),
-    "autocast_bf16": (check_autocast_bf16, lambda s: None),
+    "autocast": (check_autocast, lambda s: None),
+    "channels_last": (check_channels_last, lambda s: None),
     "frozen_bn_training": (check_frozen_bn_training, lambda s: None),
     "eval_bn_training": (check_eval_bn_training, lambda s: None),
     "sync_bn_training": (check_sync_bn_training, lambda s: None),
