@@ -11,6 +11,7 @@ import torch
 
 from cot import ABLATIONS, CotLayer, CoXtLayer, SeConv2d
 from ctxnets_shared.profiling import count_params
+from ctxnets_shared.testing import cuda_like_autocast
 
 # specs/cot.md (paper Tables 5 and 6): CoTNet-50 parameter counts of the ablation variants, in millions
 ABLATION_PARAMS_M = {
@@ -344,17 +345,19 @@ def test_channels_last_in_channels_last_out(cls, train):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("memory_efficient", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("cls", [CotLayer, CoXtLayer])
-def test_trains_when_group_norm_returns_float32_under_autocast(cls, dtype):
-    # CUDA autocast runs group_norm in float32 while the convolutions give half precision: the
-    # aggregation meets a float32 weight and a half value map (emulated here on CPU autocast)
-    layer = _layer(cls).train()
-    layer.embed[4].register_forward_hook(lambda m, i, out: out.float())
+def test_trains_under_cuda_autocast_policy(cls, dtype, memory_efficient):
+    # CUDA autocast runs group_norm (and softmax) in float32 while the convolutions give half precision:
+    # the aggregation meets a float32 weight and a half value map
+    layer = _layer(cls, memory_efficient=memory_efficient).train()
     x = torch.randn(2, 32, 6, 5, requires_grad=True)
-    with torch.autocast("cpu", dtype=dtype):
+    seen = []
+    layer.embed[4].register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    with cuda_like_autocast(dtype):
         out = layer(x)
-    assert torch.isfinite(out).all()
+    assert seen[0] == torch.float32 and torch.isfinite(out).all()
     out.float().square().mean().backward()
     assert torch.isfinite(x.grad).all()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
