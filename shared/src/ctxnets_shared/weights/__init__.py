@@ -9,6 +9,8 @@ from ctxnets_shared.weights.io import (
     check_state_dict,
     load_pretrained,
     load_safetensors,
+    nonfinite_keys,
+    remove_stale_temp_files,
     save_pretrained,
 )
 
@@ -23,6 +25,8 @@ __all__ = [
     "check_state_dict",
     "load_pretrained",
     "load_safetensors",
+    "nonfinite_keys",
     "read_checkpoint",
+    "remove_stale_temp_files",
     "save_pretrained",
 ]
