@@ -30,8 +30,8 @@ from ctxnets_shared import packages
 from ctxnets_shared.cli import main as ctxnets
 from ctxnets_shared.packages import CtxnetsPackage
 from ctxnets_shared.training import (
-    CheckpointWriteError,
     Checkpointer,
+    CheckpointWriteError,
     DataError,
     ImageFolderDataset,
     ResumeSettingsError,
@@ -274,7 +274,11 @@ def test_whole_model_pickle_says_save_the_state_dict(tmp_path: Path) -> None:
     ],
 )
 def test_bad_config_json_is_refused_before_building(
-    small_model: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: object, message: str
+    small_model: torch.nn.Module,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    config: object,
+    message: str,
 ) -> None:
     folder = save_pretrained(small_model, tmp_path / "w", architecture=MODEL)
     (folder / "config.json").write_text(json.dumps(config))
@@ -315,7 +319,10 @@ def test_checkpoint_json_with_wrong_types_is_a_clear_error(tmp_path: Path) -> No
         ({**doc, "tensors": "/etc/passwd"}, "'tensors' must name a .safetensors file beside it"),
         ({**doc, "state": {**doc["state"], "progress": {**doc["state"]["progress"], "step": "1"}}}, "step"),
         ({**doc, "state": {k: v for k, v in doc["state"].items() if k != "rng"}}, "lacks 'objects'"),
-        ({**doc, "state": {**doc["state"], "objects": {"model": {"weight": {"__tensor__": "nope"}}}}}, "KeyError"),
+        (
+            {**doc, "state": {**doc["state"], "objects": {"model": {"weight": {"__tensor__": "nope"}}}}},
+            "KeyError",
+        ),
     ]
     for bad, message in broken:
         (tmp_path / "ckpt-00000001.json").write_text(json.dumps(bad))
@@ -393,7 +400,7 @@ def test_atomic_write_follows_the_umask(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o600
 
 
-# ---- 8: image folders with symlinks -------------------------------------------------------------------------
+# ---- 8: image folders with symlinks ---------------------------------------------------------------------
 
 
 def _images(folder: Path, names: list[str]) -> None:
@@ -434,7 +441,7 @@ def test_val_images_linked_into_train_and_empty_classes_are_refused(tmp_path: Pa
         build_datasets(root, img_size=4)
 
 
-# ---- 9: legacy pickles --------------------------------------------------------------------------------------
+# ---- 9: legacy pickles ---------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -464,6 +471,8 @@ def test_legacy_pth_with_trainer_objects_loads_as_inert_stand_ins(tmp_path: Path
     loaded = read_checkpoint(tmp_path / "legacy.pth")
     assert torch.equal(loaded["state_dict"]["w"], torch.ones(2)) and loaded["args"].lr == 0.1
     assert loaded["cfg"]["MODEL"] == {"DEPTH": 50} and loaded["cfg"].ctxnets_stand_in == "yacs.config.CfgNode"
-    torch.save({"w": torch.ones(1), "x": _RunsCode()}, tmp_path / "evil.pth", _use_new_zipfile_serialization=False)
+    torch.save(
+        {"w": torch.ones(1), "x": _RunsCode()}, tmp_path / "evil.pth", _use_new_zipfile_serialization=False
+    )
     with pytest.raises(UnsafeCheckpointError, match="loading it would run code .*posix.system"):
         read_checkpoint(tmp_path / "evil.pth")

@@ -101,13 +101,17 @@ def test_a_second_run_on_the_same_out_is_refused(data: Path, tmp_path: Path, cap
         (["--img-size", "1"], "--img-size 1 does not fit CARE: "),
     ],
 )
-def test_more_mistakes_are_one_line(data: Path, tmp_path: Path, capsys, extra: list[str], message: str) -> None:
+def test_more_mistakes_are_one_line(
+    data: Path, tmp_path: Path, capsys, extra: list[str], message: str
+) -> None:
     assert main([*args(data, tmp_path), *extra]) == 2
     assert message in one_error_line(capsys)
 
 
 def _temp_files(out: Path) -> set[Path]:
-    return {p for d in (out, out / "checkpoints") if d.is_dir() for p in d.iterdir() if p.name.endswith(".tmp")}
+    return {
+        p for d in (out, out / "checkpoints") if d.is_dir() for p in d.iterdir() if p.name.endswith(".tmp")
+    }
 
 
 def _step(latest: Path) -> int:
@@ -163,7 +167,9 @@ def test_kill_9_loop_then_sigterm_then_resume_equals_an_uninterrupted_run(
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-2000:]
     stopped = _step(latest)
-    assert f"resuming from step {start}" in err and f"interrupted at step {stopped}; resume with --resume" in err
+    assert (
+        f"resuming from step {start}" in err and f"interrupted at step {stopped}; resume with --resume" in err
+    )
     assert "Traceback" not in err and 0 < stopped < 30
     assert not _temp_files(killed)  # the stale ones went at the start
     assert main(args(data, killed, "--resume", epochs=10)) == 0

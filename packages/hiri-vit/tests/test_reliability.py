@@ -104,7 +104,10 @@ def test_resume_with_a_changed_setting_is_refused(
 ) -> None:
     before = sorted(p.name for p in (saved_run / "checkpoints").iterdir())
     assert main([*args(data, saved_run, "--resume"), *change]) == 2
-    assert one_error_line(capsys) == f"hiri-vit train: error: cannot resume: {message} (start a new --out to change it)"
+    assert (
+        one_error_line(capsys)
+        == f"hiri-vit train: error: cannot resume: {message} (start a new --out to change it)"
+    )
     assert sorted(p.name for p in (saved_run / "checkpoints").iterdir()) == before
 
 
@@ -150,8 +153,9 @@ def test_disk_full_while_checkpointing_is_one_line(
 
     monkeypatch.setattr("safetensors.torch.save", disk_full)
     assert main(args(data, tmp_path / "run")) == 2
+    folder = tmp_path / "run" / "checkpoints"
     assert one_error_line(capsys) == (
-        f"hiri-vit train: error: cannot write the checkpoint of step 1 to {tmp_path / 'run' / 'checkpoints'}: "
+        f"hiri-vit train: error: cannot write the checkpoint of step 1 to {folder}: "
         f"No space left on device; there is no earlier checkpoint"
     )
 
@@ -160,7 +164,9 @@ def test_disk_full_while_checkpointing_is_one_line(
 
 
 def _temp_files(out: Path) -> set[Path]:
-    return {p for d in (out, out / "checkpoints") if d.is_dir() for p in d.iterdir() if p.name.endswith(".tmp")}
+    return {
+        p for d in (out, out / "checkpoints") if d.is_dir() for p in d.iterdir() if p.name.endswith(".tmp")
+    }
 
 
 def _step(latest: Path) -> int:
@@ -216,7 +222,9 @@ def test_kill_9_loop_then_sigint_then_resume_equals_an_uninterrupted_run(
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-2000:]
     stopped = _step(latest)
-    assert f"resuming from step {start}" in err and f"interrupted at step {stopped}; resume with --resume" in err
+    assert (
+        f"resuming from step {start}" in err and f"interrupted at step {stopped}; resume with --resume" in err
+    )
     assert "Traceback" not in err and 0 < stopped < 30
     assert not _temp_files(killed)  # the stale ones went at the start
     assert main(args(data, killed, "--resume", epochs=10)) == 0
