@@ -208,7 +208,10 @@ def test_kill_9_loop_then_sigint_then_resume_equals_an_uninterrupted_run(
     cmd = [sys.executable, "-m", "hiri_vit.train", *args(data, killed, epochs=10)]
     torn = kill_loop(cmd, killed, kills=5, seed=0)
     assert torn >= 1, "no kill landed during a write"
-    assert _temp_files(killed), "the killed writes left their temporary files"
+    # the last kill's unfinished write, or one like it (earlier ones went at each restart)
+    stale = _temp_files(killed) or {killed / "checkpoints" / ".ckpt-00000099.json.k1ll3d00.tmp"}
+    for p in stale:
+        p.touch()
     # Ctrl-C: the step finishes, a checkpoint of it is saved, exit status 130
     latest = killed / "checkpoints" / "latest.json"
     start = _step(latest)
@@ -226,7 +229,7 @@ def test_kill_9_loop_then_sigint_then_resume_equals_an_uninterrupted_run(
         f"resuming from step {start}" in err and f"interrupted at step {stopped}; resume with --resume" in err
     )
     assert "Traceback" not in err and 0 < stopped < 30
-    assert not _temp_files(killed)  # the stale ones went at the start
+    assert not any(p.exists() for p in stale)  # removed at the start
     assert main(args(data, killed, "--resume", epochs=10)) == 0
     assert f"resuming from step {stopped}" in capsys.readouterr().err
     assert not (killed / "run.lock").exists()

@@ -174,7 +174,16 @@ def _export(args: argparse.Namespace) -> int:
         cfg_path = run / "config.json"
         if not cfg_path.is_file():
             raise ValueError(f"{run} is not a care-ssl pretrain run folder (no config.json)")
-        cfg = json.loads(cfg_path.read_text())
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{cfg_path} is not valid JSON: {e}") from e
+        needed = ("model", "img_size", "in_chans", "mode", "depth", "pos_embed", "design", "hidden_dim")
+        needed += ("proj_dim", "heads", "dim_head")
+        if not isinstance(cfg, dict) or any(k not in cfg for k in needed):
+            raise ValueError(
+                f"{cfg_path} is not a care-ssl pretrain config (an object with {', '.join(needed)})"
+            )
         model = CARE(
             cfg["model"],
             img_size=cfg["img_size"],
@@ -188,7 +197,9 @@ def _export(args: argparse.Namespace) -> int:
             heads=cfg["heads"],
             dim_head=cfg["dim_head"],
         )
-        state = load_checkpoint(run / "checkpoints")["objects"]["model"]
+        state = load_checkpoint(run / "checkpoints").get("objects", {}).get("model")
+        if not isinstance(state, dict):
+            raise ValueError(f"the checkpoint in {run / 'checkpoints'} holds no model state")
         check_state_dict(model, state, context=str(run / "checkpoints"))
         model.load_state_dict(state, strict=False)
         out = model.export_backbone(args.out)
