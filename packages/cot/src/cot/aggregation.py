@@ -5,8 +5,8 @@ TPAMI, Eq. 3) multiplies each value channel's K x K neighbourhood by attention w
 pixel; a dilation d spreads the window's taps d pixels apart (dilated stages, ``output_stride`` 8 or
 16). The official code runs this as a CuPy CUDA kernel; here it is shift-and-accumulate: the centre tap
 starts the output and each of the other K*K - 1 offsets adds ``shifted value * weight`` into the window
-it reaches, in place. Nothing of size K*K times the value tensor is ever materialised, and in eager mode
-not even a padded copy of the value.
+it reaches, in place, on a zero-padded copy of the value. Nothing of size K*K times the value tensor is
+ever materialised.
 
 Channel sharing is strided: with ``M`` weight maps, value channel ``c`` uses map ``c % M`` (the CUDA
 kernel's indexing). Viewing the value as ``(B, C // M, M, H, W)`` lines channel ``c = r * M + m`` up
@@ -15,8 +15,8 @@ with map ``m`` by broadcasting, so the shared weights are never repeated in memo
 In eager mode and under torch.compile the aggregation is a custom operator (``torch.library``) with a
 hand-written backward that writes each tap's gradient straight into its window of one output buffer: left
 to autograd, every slice and broadcast of the forward would allocate and zero-fill a full-size gradient
-per tap. TorchScript and tracing (ONNX export) use a padded variant made only of whole-tensor ops,
-which autograd also differentiates correctly.
+per tap. TorchScript and tracing (ONNX export) run the same forward as plain ops, which autograd also
+differentiates correctly.
 """
 
 from __future__ import annotations
@@ -90,28 +90,6 @@ def _tap_regions(
     return regions
 
 
-def _shift_accumulate_eager(
-    value: torch.Tensor, weight: torch.Tensor, kernel_size: int, dilation: int = 1
-) -> torch.Tensor:
-    # as _shift_accumulate, without the padded copy of the value: the centre tap initialises the output
-    # and every other tap adds into the window it reaches (in-place updates of slices, which tracing and
-    # TorchScript export would not express, hence eager only)
-    B, C, H, W = value.shape
-    M = weight.shape[1]
-    v = value.view(B, C // M, M, H, W)
-    w = weight.unsqueeze(1)
-    centre = (kernel_size * kernel_size) // 2
-    out = v * w[:, :, :, centre]
-    for t, (h0, h1, w0, w1), (a0, a1, b0, b1) in _tap_regions(H, W, kernel_size, dilation):
-        out[..., h0:h1, w0:w1].addcmul_(v[..., a0:a1, b0:b1], w[:, :, :, t, h0:h1, w0:w1])
-    return out.view(B, C, H, W)
-
-
-#: Above this many elements in one of the R channel slices, d out / d w is accumulated slice by slice
-#: (the tap's gradient stays in cache); below it one product and one sum per tap cost fewer calls.
-ACCUMULATE_MIN_NUMEL = 1 << 16
-
-
 def _aggregate_backward(
     g: torch.Tensor, value: torch.Tensor, weight: torch.Tensor, kernel_size: int, dilation: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,16 +109,8 @@ def _aggregate_backward(
     # d out / d w: each map's weight collects from the R channels sharing it; outside a tap's window it
     # read zero padding, so its gradient there is zero
     gw = torch.zeros(B, M, K * K, H, W, dtype=g.dtype, device=g.device)
-    accumulate = B * M * H * W >= ACCUMULATE_MIN_NUMEL
     for t, (h0, h1, w0, w1), (a0, a1, b0, b1) in [(centre, (0, H, 0, W), (0, H, 0, W)), *regions]:
-        out = gw[:, :, t, h0:h1, w0:w1]
-        gs, vs = g[..., h0:h1, w0:w1], v[..., a0:a1, b0:b1]
-        if accumulate:
-            torch.mul(gs[:, 0], vs[:, 0], out=out)
-            for r in range(1, R):
-                out.addcmul_(gs[:, r], vs[:, r])
-        else:
-            torch.sum(gs * vs, dim=1, out=out)
+        torch.sum(g[..., h0:h1, w0:w1] * v[..., a0:a1, b0:b1], dim=1, out=gw[:, :, t, h0:h1, w0:w1])
     return gv.view(B, C, H, W).to(value.dtype), gw.to(weight.dtype)
 
 
@@ -149,7 +119,7 @@ def _aggregate_backward(
 # in-place updates would get a full-size, zero-filled gradient of its own.
 @torch.library.custom_op("ctxnets_cot::local_aggregate", mutates_args=())
 def _aggregate_op(value: torch.Tensor, weight: torch.Tensor, kernel_size: int, dilation: int) -> torch.Tensor:
-    return _shift_accumulate_eager(value.contiguous(), weight.contiguous(), kernel_size, dilation)
+    return _shift_accumulate(value.contiguous(), weight.contiguous(), kernel_size, dilation)
 
 
 @_aggregate_op.register_fake
@@ -191,7 +161,7 @@ def _aggregate(value: torch.Tensor, weight: torch.Tensor, kernel_size: int, dila
     if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
         if not torch.jit.is_tracing():
             return _aggregate_op(value, weight, kernel_size, dilation)
-    # TorchScript and tracing (ONNX export): padded, whole-tensor ops only
+    # TorchScript and tracing (ONNX export): the same forward, differentiated by autograd
     return _shift_accumulate(value, weight, kernel_size, dilation)
 
 
