@@ -4,10 +4,35 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference import aggregate_reference
+import torch.nn.functional as F
 
 from cot import aggregation
-from cot.aggregation import _shift_accumulate, local_aggregate, normed_local_aggregate
+from cot.aggregation import _shift_accumulate, local_aggregate
+
+
+def aggregate_reference(
+    value: torch.Tensor, weight: torch.Tensor, kernel_size: int, contiguous: bool = False, dilation: int = 1
+):
+    """Loop over channels and taps: out[c] = sum_t weight[map(c), t] * shifted value[c].
+
+    ``map(c) = c % M`` (the official CUDA kernel); ``contiguous=True`` uses ``c // (C // M)`` instead, the
+    wrong reading of "channels share a map" that the channel-sharing test guards against. Tap (i, j)
+    reads the value ``dilation * (i - K // 2)`` rows and ``dilation * (j - K // 2)`` columns away.
+    """
+    _, C, H, W = value.shape
+    M = weight.shape[1]
+    p = (kernel_size // 2) * dilation
+    padded = F.pad(value, [p, p, p, p])
+    out = torch.zeros_like(value)
+    for c in range(C):
+        m = c // (C // M) if contiguous else c % M
+        for i in range(kernel_size):
+            for j in range(kernel_size):
+                di, dj = i * dilation, j * dilation
+                tap = padded[:, c, di : di + H, dj : dj + W]
+                out[:, c] = out[:, c] + weight[:, m, i * kernel_size + j] * tap
+    return out
+
 
 SHAPES = [  # (B, C, M, H, W, K): batch 1, odd and non-square sizes, 1x1 maps, 5x5 windows
     (2, 16, 2, 7, 5, 3),
@@ -56,25 +81,6 @@ def test_plain_path_matches_reference(shape):
 def test_gradcheck_float64():
     v, w = _inputs(2, 8, 2, 5, 4, 3, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda a, b: local_aggregate(a, b, 3), (v, w))
-
-
-def test_normed_gradcheck_float64():
-    # GroupNorm fused into the aggregation, recomputed in backward; CoXt-style 2 groups
-    g = torch.Generator().manual_seed(0)
-    B, C, M, H, W, G = 2, 8, 4, 4, 3, 2
-    v = torch.randn(B * G, C // G, H, W, generator=g, dtype=torch.float64, requires_grad=True)
-    logits = torch.randn(B, M * 9, H, W, generator=g, dtype=torch.float64, requires_grad=True)
-    gw = torch.randn(M * 9, generator=g, dtype=torch.float64, requires_grad=True)
-    gb = torch.randn(M * 9, generator=g, dtype=torch.float64, requires_grad=True)
-
-    def fn(v, logits, gw, gb):
-        return normed_local_aggregate(v, logits, gw, gb, M, 1e-5, 3, G)
-
-    assert torch.autograd.gradcheck(fn, (v, logits, gw, gb))
-    # and it equals GroupNorm followed by the reference, per group
-    out = fn(v, logits, gw, gb)
-    wn = torch.nn.functional.group_norm(logits, M, gw, gb, 1e-5).view(B * G, M // G, 9, H, W)
-    torch.testing.assert_close(out, aggregate_reference(v, wn, 3))
 
 
 def test_channel_sharing_is_strided_not_contiguous():
@@ -150,23 +156,48 @@ def test_dilated_aggregation_matches_reference(shape):
         assert not torch.allclose(local_aggregate(v, w, K, d), local_aggregate(v, w, K), atol=1e-3)
 
 
-def test_dilated_normed_gradcheck_float64():
-    g = torch.Generator().manual_seed(3)
-    B, C, M, H, W, G, d = 1, 8, 4, 5, 4, 2, 2
-    v = torch.randn(B * G, C // G, H, W, generator=g, dtype=torch.float64, requires_grad=True)
-    logits = torch.randn(B, M * 9, H, W, generator=g, dtype=torch.float64, requires_grad=True)
-    gw = torch.randn(M * 9, generator=g, dtype=torch.float64, requires_grad=True)
-    gb = torch.randn(M * 9, generator=g, dtype=torch.float64, requires_grad=True)
-
-    def fn(v, logits, gw, gb):
-        return normed_local_aggregate(v, logits, gw, gb, M, 1e-5, 3, G, d)
-
-    assert torch.autograd.gradcheck(fn, (v, logits, gw, gb))
-    wn = torch.nn.functional.group_norm(logits, M, gw, gb, 1e-5).view(B * G, M // G, 9, H, W)
-    torch.testing.assert_close(fn(v, logits, gw, gb), aggregate_reference(v, wn, 3, dilation=d))
-
-
 def test_bad_dilation_raises():
     v, w = _inputs(1, 16, 4, 6, 6, 3)
     with pytest.raises(ValueError, match="dilation >= 1"):
         local_aggregate(v, w, 3, 0)
+
+
+def test_groups_aggregate_each_half_with_its_own_maps():
+    # CoXt: channel c of group h uses map c % (M / groups) of that group's maps
+    v, w = _inputs(2, 16, 4, 5, 6, 3, dtype=torch.float64)
+    out = local_aggregate(v, w, 3, groups=2)
+    halves = [aggregate_reference(vh, wh, 3) for vh, wh in zip(v.chunk(2, 1), w.chunk(2, 1))]
+    ref = torch.cat(halves, dim=1)
+    torch.testing.assert_close(out, ref)
+    grad = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (v, w), grad), torch.autograd.grad(ref, (v, w), grad)):
+        torch.testing.assert_close(a, b)
+    assert not torch.allclose(out, local_aggregate(v, w, 3))
+    with pytest.raises(ValueError, match="groups >= 1 dividing the number of maps M = 4"):
+        local_aggregate(v, w, 3, groups=3)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_channels_last_value_gives_channels_last_output(groups):
+    v, w = _inputs(2, 16, 4, 5, 6, 3)
+    ref = local_aggregate(v, w, 3, groups=groups)
+    v_cl = v.detach().to(memory_format=torch.channels_last).requires_grad_()
+    out = local_aggregate(v_cl, w, 3, groups=groups)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    torch.testing.assert_close(out, ref)
+    grad = torch.randn_like(ref)
+    (gv,) = torch.autograd.grad(out, v_cl, grad)
+    torch.testing.assert_close(gv, torch.autograd.grad(ref, v, grad)[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_value_with_float32_weight_promotes(dtype):
+    # CUDA autocast: the GroupNorm gives float32 weights, the value map is half precision
+    v, w = _inputs(1, 16, 4, 5, 6, 3)
+    v_half = v.detach().to(dtype).requires_grad_()
+    out = local_aggregate(v_half, w, 3)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, aggregate_reference(v_half.float(), w, 3), rtol=1e-5, atol=1e-5)
+    gv, gw = torch.autograd.grad(out, (v_half, w), torch.ones_like(out))
+    assert gv.dtype == dtype and gw.dtype == torch.float32
+    assert torch.isfinite(gv.float()).all() and torch.isfinite(gw).all()

@@ -3,13 +3,11 @@
 Batches of 4. Every CoT layer's fusion (and SE-CoTNetD's SE convs) runs a BatchNorm over pooled (B, C, 1, 1)
 values: in training it sees B values per channel, and with B = 2 a few of a layer's channels always get two
 nearly equal values (noise images pool to close means), where BatchNorm's gain approaches 1 / sqrt(eps)
-~ 300. Compounded over the blocks, that made the fused and step-by-step CoT paths (TorchScript, FX)
-differ by 2% on cotnext50_2x48d's stem gradient even in float64, where with B = 4 they agree to 1e-12
-(``test_models.py::test_fused_and_step_by_step_paths_agree_float64``).
+~ 300 and amplifies any rounding difference between two ways of running the model (TorchScript, FX).
 
 All at 48x48 (2x2 maps in the last stage, 6x6 in the dilated ones of output_stride 8), which keeps the
 seven full kits within the suite's CI time. Not 32: with 1x1 maps in the last stage its BatchNorms see only
-B values per channel too, and in float64 cotnet101's stem gradient then differed by 1e-3 between the paths.
+B values per channel too.
 """
 
 from __future__ import annotations

@@ -15,8 +15,7 @@ with map ``m`` by broadcasting, so the shared weights are never repeated in memo
 In eager mode and under torch.compile the aggregation is a custom operator (``torch.library``) with a
 hand-written backward that writes each tap's gradient straight into its window of one output buffer: left
 to autograd, every slice and broadcast of the forward would allocate and zero-fill a full-size gradient
-per tap. The GroupNorm of the attention logits is fused into a second operator that keeps only the logits
-for backward. TorchScript and tracing (ONNX export) use a padded variant made only of whole-tensor ops,
+per tap. TorchScript and tracing (ONNX export) use a padded variant made only of whole-tensor ops,
 which autograd also differentiates correctly.
 """
 
@@ -27,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["local_aggregate", "normed_local_aggregate"]
+__all__ = ["local_aggregate"]
 
 
 def _check(value: torch.Tensor, weight: torch.Tensor, kernel_size: int, dilation: int) -> None:
@@ -188,152 +187,46 @@ def _aggregate_op_backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tens
 _aggregate_op.register_autograd(_aggregate_op_backward, setup_context=_aggregate_op_setup)
 
 
-def _group_norm_fp32(
-    x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float, dtype: torch.dtype
-) -> torch.Tensor:
-    # float32 statistics (as autocast would do), whatever the input dtype; result in the aggregation's dtype
-    dt = torch.promote_types(x.dtype, torch.float32)
-    return F.group_norm(x.to(dt), num_groups, weight.to(dt), bias.to(dt), eps).to(dtype)
-
-
-@torch.library.custom_op("ctxnets_cot::normed_local_aggregate", mutates_args=())
-def _normed_aggregate_op(
-    value: torch.Tensor,
-    logits: torch.Tensor,
-    gn_weight: torch.Tensor,
-    gn_bias: torch.Tensor,
-    num_maps: int,
-    eps: float,
-    kernel_size: int,
-    groups: int,
-    dilation: int,
-) -> torch.Tensor:
-    B, _, H, W = logits.shape
-    w = _group_norm_fp32(logits, num_maps, gn_weight, gn_bias, eps, value.dtype)
-    w = w.view(B * groups, num_maps // groups, -1, H, W)
-    return _shift_accumulate_eager(value.contiguous(), w, kernel_size, dilation)
-
-
-@_normed_aggregate_op.register_fake
-def _(value: torch.Tensor, *args: Any) -> torch.Tensor:
-    return value.new_empty(value.shape)
-
-
-@torch.library.custom_op("ctxnets_cot::normed_local_aggregate_backward", mutates_args=())
-def _normed_aggregate_backward_op(
-    grad_out: torch.Tensor,
-    value: torch.Tensor,
-    logits: torch.Tensor,
-    gn_weight: torch.Tensor,
-    gn_bias: torch.Tensor,
-    num_maps: int,
-    eps: float,
-    kernel_size: int,
-    groups: int,
-    dilation: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    # the GroupNorm is recomputed (float32 statistics) and differentiated with ATen's own backward
-    dt = torch.promote_types(logits.dtype, torch.float32)
-    x = logits.to(dt)
-    N, C, H, W = x.shape
-    gw = gn_weight.to(dt)
-    w, mean, rstd = torch.native_group_norm(x, gw, gn_bias.to(dt), N, C, H * W, num_maps, eps)
-    w = w.to(value.dtype).view(N * groups, num_maps // groups, -1, H, W)
-    grad_value, grad_w = _aggregate_backward(grad_out, value.contiguous(), w, kernel_size, dilation)
-    grad_x, grad_gw, grad_gb = torch.ops.aten.native_group_norm_backward(
-        grad_w.reshape(N, C, H, W).to(dt), x, mean, rstd, gw, N, C, H * W, num_maps, [True, True, True]
-    )
-    return grad_value, grad_x.to(logits.dtype), grad_gw.to(gn_weight.dtype), grad_gb.to(gn_bias.dtype)
-
-
-@_normed_aggregate_backward_op.register_fake
-def _(grad_out: torch.Tensor, *args: Any) -> tuple[torch.Tensor, ...]:
-    # one gradient per tensor input: value, logits, gn_weight, gn_bias
-    return tuple(t.new_empty(t.shape) for t in args[:4])
-
-
-def _normed_aggregate_op_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-    value, logits, gn_weight, gn_bias, *args = inputs
-    ctx.save_for_backward(value, logits, gn_weight, gn_bias)
-    ctx.args = args
-
-
-def _normed_aggregate_op_backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-    grads = _normed_aggregate_backward_op(grad_out, *ctx.saved_tensors, *ctx.args)
-    return (*grads, None, None, None, None, None)
-
-
-_normed_aggregate_op.register_autograd(
-    _normed_aggregate_op_backward, setup_context=_normed_aggregate_op_setup
-)
-
-
-def normed_local_aggregate(
-    value: torch.Tensor,
-    logits: torch.Tensor,
-    gn_weight: torch.Tensor,
-    gn_bias: torch.Tensor,
-    num_maps: int,
-    eps: float = 1e-5,
-    kernel_size: int = 3,
-    groups: int = 1,
-    dilation: int = 1,
-) -> torch.Tensor:
-    """GroupNorm the attention logits, then :func:`local_aggregate` each of ``groups`` channel groups.
-
-    Equal to ``local_aggregate(value.view(B*g, C/g, H, W), GroupNorm(M)(logits).view(B*g, M/g, K*K, H, W))``
-    (the CoT / CoXt layer's steps 2-4) with the normalisation in float32, but keeps only ``logits`` for
-    backward.
-
-    Args:
-        value: (B * groups, C / groups, H, W) value map.
-        logits: (B, M * K*K, H, W) attention logits; channels ``j*K*K .. (j+1)*K*K - 1`` are map j.
-        gn_weight: (M * K*K,) GroupNorm scale.
-        gn_bias: (M * K*K,) GroupNorm shift.
-        num_maps: M, the number of attention maps (GroupNorm groups).
-        eps: GroupNorm epsilon.
-        kernel_size: K.
-        groups: channel groups aggregated independently (CoXt: 2).
-        dilation: spacing of the window's taps.
-
-    Returns:
-        (B * groups, C / groups, H, W).
-    """
-    B, _, H, W = logits.shape
-    dtype = torch.promote_types(value.dtype, logits.dtype)
+def _aggregate(value: torch.Tensor, weight: torch.Tensor, kernel_size: int, dilation: int) -> torch.Tensor:
     if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
         if not torch.jit.is_tracing():
-            _check(value, logits.view(B * groups, num_maps // groups, -1, H, W), kernel_size, dilation)
-            return _normed_aggregate_op(
-                value.to(dtype), logits, gn_weight, gn_bias, num_maps, eps, kernel_size, groups, dilation
-            )
-    w = _group_norm_fp32(logits, num_maps, gn_weight, gn_bias, eps, dtype)
-    return local_aggregate(value, w.view(B * groups, num_maps // groups, -1, H, W), kernel_size, dilation)
+            return _aggregate_op(value, weight, kernel_size, dilation)
+    # TorchScript and tracing (ONNX export): padded, whole-tensor ops only
+    return _shift_accumulate(value, weight, kernel_size, dilation)
 
 
 def local_aggregate(
-    value: torch.Tensor, weight: torch.Tensor, kernel_size: int = 3, dilation: int = 1
+    value: torch.Tensor, weight: torch.Tensor, kernel_size: int = 3, dilation: int = 1, groups: int = 1
 ) -> torch.Tensor:
     """Per-pixel weighted K x K sum with zero padding and strided channel sharing (Eq. 3).
 
     ``out[b, c, h, w] = sum_{i,j} weight[b, c % M, i*K + j, h, w] * value[b, c, h + d(i - K//2),
-    w + d(j - K//2)]`` for dilation d.
+    w + d(j - K//2)]`` for dilation d, within each of ``groups`` channel groups.
 
     Args:
         value: (B, C, H, W) value map V.
         weight: (B, M, K*K, H, W) attention weights, M dividing C; tap ``i * K + j`` is row i, column j.
         kernel_size: K, odd.
         dilation: d, the spacing of the window's taps (1: a dense K x K window).
+        groups: channel groups aggregated independently, each with its share of the maps (CoXt: 2).
 
     Returns:
-        (B, C, H, W) aggregated map, in the promoted dtype of ``value`` and ``weight``.
+        (B, C, H, W) aggregated map, in the promoted dtype of ``value`` and ``weight`` (under autocast a
+        float32 weight from the GroupNorm meets a half-precision value) and the memory format of ``value``.
     """
     _check(value, weight, kernel_size, dilation)
+    if groups < 1 or weight.shape[1] % groups:
+        raise ValueError(
+            "local_aggregate needs groups >= 1 dividing the number of maps M = "
+            + str(weight.shape[1])
+            + ", got groups="
+            + str(groups)
+        )
+    B, C, H, W = value.shape
+    channels_last = value.is_contiguous(memory_format=torch.channels_last) and not value.is_contiguous()
     dtype = torch.promote_types(value.dtype, weight.dtype)
-    value = value.to(dtype)
-    weight = weight.to(dtype)
-    if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
-        if not torch.jit.is_tracing():
-            return _aggregate_op(value, weight, kernel_size, dilation)
-    # TorchScript and tracing (ONNX export): padded, whole-tensor ops only
-    return _shift_accumulate(value, weight, kernel_size, dilation)
+    # each group becomes a batch entry of its own (from channels-last, a contiguous copy)
+    value = value.to(dtype).contiguous().view(B * groups, C // groups, H, W)
+    weight = weight.to(dtype).contiguous().view(B * groups, -1, kernel_size * kernel_size, H, W)
+    out = _aggregate(value, weight, kernel_size, dilation).view(B, C, H, W)
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out

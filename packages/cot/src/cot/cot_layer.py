@@ -13,21 +13,23 @@ This follows the official implementation, which the released checkpoints were tr
 its attribute names (``key_embed``, ``embed``, ``conv1x1``, ``bn``, ``se``). The ablations of the paper's
 Tables 5 and 6 are constructor options; :data:`ABLATIONS` names them.
 
-:meth:`CotLayer.forward` is the equations above, step by step. With ``fused=True`` (the default) eager
-and compiled runs take :func:`cot.fused.fused_forward` instead: the same results with fewer
-activations kept for backward. TorchScript, ONNX export (tracing) and torch.fx take the equations.
+:meth:`CotLayer.forward` is the equations above, step by step. With ``memory_efficient`` a training
+layer keeps only the outputs of its convolutions on x and recomputes the rest in backward
+(``torch.utils.checkpoint``); the results are the same.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.fx
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 from cot.aggregation import local_aggregate
-from cot.fused import fused_forward
 
 __all__ = ["ABLATIONS", "CoXtLayer", "CotLayer"]
 
@@ -72,10 +74,9 @@ class CotLayer(nn.Module):
         qkv_3x3: 3x3 convs for query (groups 4), key and value (groups 2), Table 6 "3x3*".
         dilation: spacing of the taps of every K x K window (static key conv, aggregation, 3x3 convs);
             greater than 1 in the dilated stages of ``output_stride`` 8 or 16.
-        fused: run :func:`cot.fused.fused_forward` in eager mode and under torch.compile (same results).
-        memory_efficient: with ``fused``, in training keep only the outputs of the convolutions on x and
-            recompute the rest of the layer in backward; same results, less memory. Layers whose norms
-            cannot be re-run exactly (SyncBatchNorm in training, unknown norm types) store everything.
+        memory_efficient: in training, keep only the outputs of the convolutions on x and recompute the
+            rest of the layer (norms, activations, attention embedding, aggregation, fusion) in backward
+            with ``torch.utils.checkpoint``; same results and BatchNorm statistics, less memory.
     """
 
     def __init__(
@@ -95,7 +96,6 @@ class CotLayer(nn.Module):
         attn_input: str = "qk",
         qkv_3x3: bool = False,
         dilation: int = 1,
-        fused: bool = True,
         memory_efficient: bool = True,
     ) -> None:
         super().__init__()
@@ -125,7 +125,6 @@ class CotLayer(nn.Module):
         self.fusion = fusion
         self.attn_input = attn_input
         self.interleave_qk = groups > 1
-        self.fused = fused
         self.memory_efficient = memory_efficient
         kk = key_kernel_size or kernel_size
 
@@ -186,17 +185,60 @@ class CotLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
+        k = self.key_embed[0](x)  # the keys' K x K conv
+        v = x if self.conv1x1 is None else self.conv1x1[0](x)  # the values' conv X W_v
         if not torch.jit.is_scripting():  # noqa: SIM102  (TorchScript skips only this exact form)
-            if self.fused and not torch.jit.is_tracing() and not isinstance(x, torch.fx.Proxy):
-                return fused_forward(self, x)
-        k1 = self.key_embed(x)  # Eq. 1: static context, the keys contextualised by a K x K conv
+            if self._checkpointed(x):
+                if torch.compiler.is_compiling():
+                    # the compiler recomputes the region inside its backward graph, where the running
+                    # statistics (moved by the forward graph) stay put; it accepts no other context_fn
+                    return checkpoint(self._contexts, x, k, v, use_reentrant=False)
+                return checkpoint(
+                    self._contexts, x, k, v, use_reentrant=False, context_fn=self._checkpoint_contexts
+                )
+        return self._contexts(x, k, v)
+
+    def _contexts(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Eq. 1-3 and the fusion from x and its key and value convolutions, all (B, C, H, W)."""
+        k1 = self.key_embed[2](self.key_embed[1](k))  # Eq. 1: static context, K1 = ReLU(BN(conv(X)))
         if self.embed is None:
             return k1  # Static Context ablation
-        q = x if self.conv_q is None else self.conv_q(x)
+        q = x if self.conv_q is None else self.conv_q(x)  # the query is x itself (Table 6: or a 3x3 conv)
         a = self.embed(self._attention_input(q, k1))  # Eq. 2: A = [K1, Q] W_theta W_delta (+ GroupNorm)
-        v = self.conv1x1(x)  # value V = X W_v
-        k2 = self.act(self.bn(self._aggregate(v, a)))  # Eq. 3: K2 = V (*) A, the dynamic context
+        a = a.unflatten(1, (-1, self.kernel_size * self.kernel_size))  # (B, C / share_planes, K*K, H, W)
+        v = self.conv1x1[1](v)  # value V = BN(X W_v)
+        k2 = self.act(self.bn(local_aggregate(v, a, self.kernel_size, self.dilation, self.groups)))  # Eq. 3
         return self._fuse(k1, k2)
+
+    def _checkpointed(self, x: torch.Tensor) -> bool:
+        # tracers (torch.jit.trace for ONNX, torch.fx, torch.export) record the plain ops
+        if torch.jit.is_tracing() or isinstance(x, torch.fx.Proxy) or torch.compiler.is_exporting():
+            return False
+        return self.memory_efficient and self.training and torch.is_grad_enabled()
+
+    def _checkpoint_contexts(
+        self,
+    ) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+        """Forward and recomputation contexts of the checkpoint (called in forward)."""
+        # checkpoint restores autocast and the RNG for the recomputation, not the torch-function modes
+        # (a dtype policy, ``with torch.device(...)``): it re-enters those of the forward itself
+        modes = torch.overrides._get_current_function_mode_stack()
+        return contextlib.nullcontext(), self._recomputing(modes)
+
+    @contextlib.contextmanager
+    def _recomputing(self, modes: list[Any]) -> Iterator[None]:
+        # the recomputation re-runs the layer's training BatchNorms: their statistics are put back, so they
+        # move once per step
+        saved = [b.clone() for b in self.buffers()]
+        try:
+            with contextlib.ExitStack() as stack:
+                for mode in modes:
+                    stack.enter_context(mode)
+                yield
+        finally:
+            with torch.no_grad():
+                for b, s in zip(self.buffers(), saved):
+                    b.copy_(s)
 
     def _attention_input(self, q: torch.Tensor, k1: torch.Tensor) -> torch.Tensor:
         """[Q, K1] on channels (B, 2C, H, W); CoXt interleaves them channel by channel (q0, k0, q1, ...)."""
@@ -207,14 +249,6 @@ class CotLayer(nn.Module):
         if self.interleave_qk:
             return torch.stack([q, k1], dim=2).flatten(1, 2)
         return torch.cat([q, k1], dim=1)
-
-    def _aggregate(self, v: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """Eq. 3 per channel group: (B, C, H, W) values, (B, M*K*K, H, W) weights -> (B, C, H, W)."""
-        g, kk = self.groups, self.kernel_size * self.kernel_size
-        v = v.unflatten(1, (g, -1)).flatten(0, 1)  # (B*g, C/g, H, W)
-        a = a.unflatten(1, (g, -1, kk)).flatten(0, 1)  # (B*g, M/g, K*K, H, W)
-        out = local_aggregate(v, a, self.kernel_size, self.dilation)
-        return out.unflatten(0, (-1, g)).flatten(1, 2)
 
     def _fuse(self, k1: torch.Tensor, k2: torch.Tensor) -> torch.Tensor:
         """Fusion of the two contexts (Sec. 3.2; Table 5 ablations): (B, C, H, W)."""

@@ -183,10 +183,9 @@ class CoTNet(nn.Module):
         attn_layer: attention module inserted after bn3 of every block of ``attn_stages``.
         attn_stages: 0-based stage indices (0 = ``layer1``) that get ``attn_layer``.
         cot_kwargs: options for every CoT layer (see :data:`cot.cot_layer.ABLATIONS`).
-        recompute_stages: 0-based stages whose CoT layers recompute their element-wise part in backward
-            (``CotLayer(memory_efficient=True)``). The default leaves out the last stage, whose 7x7 maps
-            (at 224) hold about 5% of the CoT layers' activations: recomputing there buys little memory
-            for its per-op overhead. ``cot_kwargs["memory_efficient"]`` overrides it for every stage.
+        recompute_stages: 0-based stages whose CoT layers checkpoint everything after their convolutions
+            on x (``CotLayer(memory_efficient=True)``). The default leaves out the last stage, whose small
+            maps hold few of the activations. ``cot_kwargs["memory_efficient"]`` overrides it everywhere.
         zero_init_last: zero-initialise each block's bn3 weight.
     """
 

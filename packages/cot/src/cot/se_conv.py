@@ -5,11 +5,12 @@ excitation gate: the official code builds it as a radix-1 split-attention conv (
 with ``radix=1``, whose "radix softmax" degenerates to a sigmoid). That is timm's
 :class:`timm.layers.SplitAttn` with ``radix=1``, SiLU activations and BatchNorm: the same computation
 under the same attribute names (``conv``, ``bn0``, ``fc1``, ``bn1``, ``fc2``), so official checkpoints
-load unchanged.
+load unchanged. Its forward is written out for radix 1, which keeps the input's memory format.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 from timm.layers import SplitAttn
 
@@ -52,3 +53,9 @@ class SeConv2d(SplitAttn):
             act_layer=nn.SiLU,
             norm_layer=nn.BatchNorm2d,
         )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, C_out, H / stride, W / stride), in the memory format of x."""
+        y = self.act0(self.drop(self.bn0(self.conv(x))))
+        gate = self.fc2(self.act1(self.bn1(self.fc1(y.mean((2, 3), keepdim=True)))))
+        return y * gate.sigmoid()  # the radix-1 "softmax"
