@@ -128,6 +128,8 @@ def _attn_layers() -> dict[str, Callable[..., nn.Module]]:
     from hiri_vit.hr_block import HRBlock
 
     return {
+        "CotLayer": cot.CotLayer,
+        "CoXtLayer": cot.CoXtLayer,
         "GlobalContextBlock": GlobalContextBlock,
         "NonLocalBlock": NonLocalBlock,
         "SimplifiedNonLocalBlock": SimplifiedNonLocalBlock,
