@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ctxnets_shared.testing import ModelSpec, build, cuda_like_autocast
+from ctxnets_shared.testing import ModelSpec, build, cuda_autocast_policy, cuda_like_autocast
 
 sys.path.insert(0, str(Path(__file__).parent))
 import toy_models  # noqa: F401  (registers the toy models)
@@ -66,3 +66,23 @@ def test_emulated_policy_finds_a_dtype_bug_that_plain_cpu_autocast_misses() -> N
 def test_rejects_non_half_dtypes() -> None:
     with pytest.raises(ValueError, match="bfloat16 or torch.float16"), cuda_like_autocast(torch.float32):
         pass
+
+
+def test_checkpoint_recomputation_runs_under_the_policy() -> None:
+    # torch.utils.checkpoint re-enters the forward's autocast state to recompute in backward; on CUDA that
+    # state carries the float32 policy, and so it must here (else the recomputed dtypes differ)
+    conv = nn.Conv2d(4, 4, 1)
+    x = torch.randn(2, 4, 3, 3, requires_grad=True)
+    with cuda_autocast_policy():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = torch.utils.checkpoint.checkpoint(lambda t: conv(t).softmax(-1), x, use_reentrant=False)
+        assert y.dtype == torch.float32
+        y.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_policy_overrides_are_removed_afterwards() -> None:
+    before = (torch.Tensor.softmax, F.layer_norm, torch.sum)
+    with cuda_autocast_policy(), cuda_autocast_policy():
+        assert torch.Tensor.softmax is not before[0]
+    assert (torch.Tensor.softmax, F.layer_norm, torch.sum) == before

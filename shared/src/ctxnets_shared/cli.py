@@ -314,6 +314,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if not ckpt.is_file():
         raise UserError(f"checkpoint not found: {ckpt}")
     converter = type(pkg.converter)(use_ema=args.ema)
+    converter.allow_nonfinite = args.allow_nonfinite  # an attribute: subclasses keep their own __init__
     out = converter.convert(args.model, ckpt, args.out_dir)
     print(f"converted {ckpt} -> {out} (load with timm.create_model('local-dir:{out}', pretrained=True))")
     if args.push_to_hub:
@@ -433,7 +434,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model")
     s.add_argument("checkpoint", help="official .pth / .pth.tar file")
     s.add_argument("out_dir")
-    s.add_argument("--ema", action="store_true", help="take the EMA weights of a training checkpoint")
+    s.add_argument(
+        "--ema", action="store_true", help="take the EMA weights of a training checkpoint (an error if none)"
+    )
+    s.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="convert weights holding NaN or Inf (refused by default)",
+    )
     s.add_argument(
         "--push-to-hub",
         metavar="REPO",

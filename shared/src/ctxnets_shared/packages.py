@@ -42,6 +42,8 @@ class Converter(Protocol):
     Declared here rather than imported so this module depends on nothing else of ours.
     """
 
+    allow_nonfinite: bool  # convert weights holding NaN or Inf instead of refusing them
+
     def __init__(self, use_ema: bool = False) -> None: ...
 
     def convert(self, model_name: str, ckpt_path: Any, out_dir: Any, **model_kwargs: Any) -> Path: ...

@@ -1,7 +1,9 @@
 """The ``care-ssl`` command: ``pretrain``, ``probe`` and ``export``.
 
 A user mistake (empty or missing data folder, unknown backbone, a backbone without stage-4 features, a
-bad flag value, a missing checkpoint) prints one ``care-ssl <command>: error: ...`` line and exits with 2.
+bad flag value, a missing or malformed checkpoint, a resume with other settings, a locked ``--out``, an
+``OSError`` while writing) prints one ``care-ssl <command>: error: ...`` line and exits with 2. Ctrl-C or
+SIGTERM during ``pretrain`` saves a checkpoint and exits with 130.
 Run several processes with ``torchrun --nproc-per-node N -m care_ssl pretrain ...``.
 """
 
@@ -110,6 +112,11 @@ def _pretrain(args: argparse.Namespace) -> int:
     for name in ("img_size", "batch_size", "depth", "hidden_dim", "proj_dim", "heads", "dim_head"):
         if values[name] < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {values[name]}")
+    if values["batch_size"] < 2:
+        raise ValueError(
+            "--batch-size must be at least 2: the BatchNorm layers of the backbone and the BYOL heads need "
+            "two or more samples per batch in training"
+        )
     if values["epochs"] < 0 or (values["max_steps"] is not None and values["max_steps"] < 1):
         raise ValueError("--epochs must be >= 0 and --max-steps >= 1")
     pretrain(PretrainConfig(**values))
@@ -167,7 +174,16 @@ def _export(args: argparse.Namespace) -> int:
         cfg_path = run / "config.json"
         if not cfg_path.is_file():
             raise ValueError(f"{run} is not a care-ssl pretrain run folder (no config.json)")
-        cfg = json.loads(cfg_path.read_text())
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{cfg_path} is not valid JSON: {e}") from e
+        needed = ("model", "img_size", "in_chans", "mode", "depth", "pos_embed", "design", "hidden_dim")
+        needed += ("proj_dim", "heads", "dim_head")
+        if not isinstance(cfg, dict) or any(k not in cfg for k in needed):
+            raise ValueError(
+                f"{cfg_path} is not a care-ssl pretrain config (an object with {', '.join(needed)})"
+            )
         model = CARE(
             cfg["model"],
             img_size=cfg["img_size"],
@@ -181,7 +197,9 @@ def _export(args: argparse.Namespace) -> int:
             heads=cfg["heads"],
             dim_head=cfg["dim_head"],
         )
-        state = load_checkpoint(run / "checkpoints")["objects"]["model"]
+        state = load_checkpoint(run / "checkpoints").get("objects", {}).get("model")
+        if not isinstance(state, dict):
+            raise ValueError(f"the checkpoint in {run / 'checkpoints'} holds no model state")
         check_state_dict(model, state, context=str(run / "checkpoints"))
         model.load_state_dict(state, strict=False)
         out = model.export_backbone(args.out)
@@ -191,10 +209,19 @@ def _export(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``care-ssl``; returns the exit status."""
+    from ctxnets_shared.training import TrainingInterrupted
+
     args = build_parser().parse_args(argv)
     try:
         return {"pretrain": _pretrain, "probe": _probe, "export": _export}[args.command](args)
-    except (ValueError, FileNotFoundError) as e:
+    except TrainingInterrupted as e:
+        if e.announce:
+            print(str(e), file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # a second Ctrl-C: the step and any write under way were abandoned
+        print("interrupted; resume with --resume (from the latest complete checkpoint)", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as e:  # OSError: a missing file, a full disk, a file too large
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"care-ssl {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -4,8 +4,11 @@ Recipe of the paper (Sec. 4) and the official code: SGD (momentum 0.9, weight de
 parameter), lr 0.05 x batch / 256 with a linear warm-up (10 epochs, at most a tenth of a short run) then
 cosine decay, the momentum tau rising from 0.99 to 1 on a cosine over the steps, mixed precision on CUDA.
 The data, DDP, checkpoint and logging plumbing is ``ctxnets_shared.training``; a resumed run (even after
-``kill -9``) ends with the same weights as an uninterrupted one: the learning rate and tau are functions of
-the step, augmentations are seeded per (seed, epoch, sample) and the checkpoint holds every rank's RNG.
+``kill -9``) ends with the same weights and the same ``metrics.jsonl`` as an uninterrupted one: the
+learning rate and tau are functions of the step, augmentations are seeded per (seed, epoch, sample) and
+the checkpoint holds every rank's RNG. A resume must keep every setting in :data:`RESUME_KEYS` (they change
+the result; it refuses in one line otherwise); Ctrl-C or SIGTERM saves a checkpoint of the current step and
+ends with :class:`~ctxnets_shared.training.TrainingInterrupted`; ``OUT/run.lock`` keeps a second run out.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,19 +34,26 @@ from ctxnets_shared.training import (
     Progress,
     ResumableDistributedSampler,
     ResumeInfo,
+    RunLock,
+    StopOnSignal,
+    TrainingInterrupted,
     all_reduce_mean,
     barrier,
     build_datasets,
+    check_input_fits,
+    check_resume_settings,
     init_distributed,
     make_loader,
     plot_metrics,
+    saved_settings,
     seed_everything,
     wrap_model,
 )
 from ctxnets_shared.training.sync_batchnorm import convert_sync_batchnorm
 from ctxnets_shared.training.transforms import Transform
+from ctxnets_shared.weights import atomic_write, remove_stale_temp_files
 
-__all__ = ["PretrainConfig", "learning_rate", "pretrain"]
+__all__ = ["RESUME_KEYS", "PretrainConfig", "learning_rate", "pretrain"]
 
 _DIGITS = "digits"
 _PLOTTED = {"care": ["loss", "loss_c", "loss_t", "loss_att", "knn_acc"], "byol": ["loss", "knn_acc"]}
@@ -83,9 +94,23 @@ class PretrainConfig:
     num_workers: int = 0
     crop_scale: tuple[float, float] | None = None
 
+    def settings(self) -> dict[str, Any]:
+        """The fields in :data:`RESUME_KEYS`, as JSON values (what a checkpoint records)."""
+        values = dataclasses.asdict(self)
+        return {k: list(values[k]) if isinstance(values[k], tuple) else values[k] for k in RESUME_KEYS}
+
     def base_lr(self, world_size: int) -> float:
         """The paper's lr 0.05 x global batch / 256 unless ``lr`` is given."""
         return self.lr if self.lr is not None else 0.05 * self.batch_size * world_size / 256
+
+
+#: the settings that change the result (weights or metrics.jsonl): a resume must keep each. The others
+#: (--out, --resume, --device, --num-workers, --save-every) may change.
+RESUME_KEYS = tuple(
+    f.name
+    for f in dataclasses.fields(PretrainConfig)
+    if f.name not in ("out", "resume", "device", "num_workers", "save_every")
+)
 
 
 def learning_rate(step: int, total: int, warmup: int, base: float) -> float:
@@ -128,15 +153,20 @@ def pretrain(cfg: PretrainConfig) -> CARE:
     """
     info = init_distributed(cfg.device)
     try:
-        return _pretrain(cfg, info)
+        with RunLock(cfg.out, enabled=info.is_main), StopOnSignal() as stop:
+            return _pretrain(cfg, info, stop)
     finally:
         from ctxnets_shared.training import cleanup_distributed
 
         cleanup_distributed()
 
 
-def _pretrain(cfg: PretrainConfig, info: DistInfo) -> CARE:
+def _pretrain(cfg: PretrainConfig, info: DistInfo, stop: StopOnSignal) -> CARE:
     out = Path(cfg.out)
+    if info.is_main:
+        remove_stale_temp_files(out, depth=1)  # left by a killed run; we hold the lock
+    if cfg.resume:
+        check_resume_settings(saved_settings(cfg.resume), cfg.settings(), RESUME_KEYS)
     seed_everything(cfg.seed, info.rank)
     digits = str(cfg.data) == _DIGITS
     # a mirrored digit is another glyph, and a crop below a third of an 8x8 digit loses it
@@ -183,6 +213,12 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> CARE:
         dim_head=cfg.dim_head,
     )
     seed_everything(cfg.seed, info.rank)
+
+    def two_views() -> tuple[torch.Tensor, torch.Tensor]:
+        views = torch.stack([splits.train[0][0]] * 2)  # (2 samples, 2 views, C, H, W)
+        return views[:, 0], views[:, 1]
+
+    check_input_fits(model, two_views, f"--img-size {cfg.img_size}")
     if info.distributed:
         model.convert_sync_batchnorm(lambda m: convert_sync_batchnorm(m, info.device))
     ddp = wrap_model(model, info, sync_bn=False)
@@ -194,9 +230,12 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> CARE:
     state: dict[str, Any] = {"model": model, "optimizer": optimizer, "scaler": scaler if use_amp else None}
     ckpt = Checkpointer(out / "checkpoints", info)
     start = ckpt.resume(cfg.resume, state) if cfg.resume else ResumeInfo()
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    if info.is_main and cfg.resume:
+        print(f"resuming from step {start.step}", file=sys.stderr, flush=True)
+    if info.is_main and (not cfg.resume or not (out / "config.json").is_file()):
+        # a resume keeps the run's config.json (the settings that count are the saved ones)
+        with atomic_write(out / "config.json", "w") as f:
+            json.dump(dataclasses.asdict(cfg), f, indent=2)
     logger = MetricLogger(
         out / "metrics.jsonl", enabled=info.is_main, resume_step=start.step if cfg.resume else None
     )
@@ -242,8 +281,13 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> CARE:
                     bar.write(f"step {step}: kNN top-1 {record['knn_acc']:.2f}%")
             if step % max(1, cfg.log_every) == 0 or knn_due or step == total:
                 logger.log(step, **record, lr=lr, momentum=tau, epoch=epoch)
-            if (cfg.save_every > 0 and step % cfg.save_every == 0) or step == total:
-                ckpt.save(step, state, epoch=epoch, batch_in_epoch=batch_in_epoch)
+            saving = (cfg.save_every > 0 and step % cfg.save_every == 0) or step == total
+            interrupted = stop.requested(info)
+            if saving or interrupted:
+                ckpt.save(step, state, epoch=epoch, batch_in_epoch=batch_in_epoch, settings=cfg.settings())
+            if interrupted:
+                bar.close()
+                raise TrainingInterrupted(step, announce=info.is_main)
             if step >= total or batch_in_epoch == 0:
                 break
     bar.close()

@@ -234,21 +234,15 @@ class CotLayer(nn.Module):
         self,
     ) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
         """Forward and recomputation contexts of the checkpoint (called in forward)."""
-        # checkpoint restores autocast and the RNG for the recomputation, not the torch-function modes
-        # (a dtype policy, ``with torch.device(...)``): it re-enters those of the forward itself
-        modes = torch.overrides._get_current_function_mode_stack()
-        return contextlib.nullcontext(), self._recomputing(modes)
+        return contextlib.nullcontext(), self._recomputing()
 
     @contextlib.contextmanager
-    def _recomputing(self, modes: list[Any]) -> Iterator[None]:
+    def _recomputing(self) -> Iterator[None]:
         # the recomputation re-runs the layer's training BatchNorms: their statistics are put back, so they
         # move once per step
         saved = [b.clone() for b in self.buffers()]
         try:
-            with contextlib.ExitStack() as stack:
-                for mode in modes:
-                    stack.enter_context(mode)
-                yield
+            yield
         finally:
             with torch.no_grad():
                 for b, s in zip(self.buffers(), saved):

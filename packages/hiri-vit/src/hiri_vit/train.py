@@ -12,7 +12,14 @@ synchronised BatchNorm; gloo on CPU, nccl on CUDA). Needs the ``train`` extra:
 
 ``--batch-size`` is per process. The run folder holds ``checkpoints/`` (``ckpt-<step>.safetensors`` +
 ``.json``, ``latest.json``), ``metrics.jsonl``, ``model/`` (timm local-dir layout, also ``teacher/``
-with EMA distillation) and ``summary.json``.
+with EMA distillation), ``summary.json`` and, while a run trains into it, ``run.lock`` (a second run on
+the same ``--out`` is refused).
+
+``--resume`` refuses in one line any setting in :data:`RESUME_KEYS` that differs from the saved run's
+(they change the result); the others (``--out``, ``--save-every``, ``--workers``, ``--device``,
+``--no-progress``) may change. Ctrl-C or SIGTERM finishes the current step, saves a checkpoint and exits
+with status 130. Whatever the kills and resumes, ``metrics.jsonl`` and ``summary.json`` equal the
+uninterrupted run's: neither holds wall-clock times.
 """
 
 from __future__ import annotations
@@ -21,8 +28,8 @@ import argparse
 import hashlib
 import json
 import sys
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -37,30 +44,45 @@ from timm.scheduler import CosineLRScheduler
 from ctxnets_shared.packages import discover_packages
 from ctxnets_shared.training import (
     Checkpointer,
-    DataError,
     DistInfo,
     MetricLogger,
     Progress,
     ResumableDistributedSampler,
     ResumeInfo,
+    RunLock,
+    StopOnSignal,
+    TrainingInterrupted,
     all_gather_object,
     all_reduce_mean,
     build_datasets,
+    check_input_fits,
+    check_resume_settings,
     cleanup_distributed,
     find_latest_checkpoint,
     init_distributed,
     make_loader,
+    saved_settings,
     seed_everything,
     unwrap_model,
     wrap_model,
 )
-from ctxnets_shared.weights import WeightsFileError, atomic_write, save_pretrained
+from ctxnets_shared.weights import (
+    CheckpointMismatchError,
+    atomic_write,
+    remove_stale_temp_files,
+    save_pretrained,
+)
 from hiri_vit.distill import EMADistiller, MaskedMixup, MixedBatch
 
-__all__ = ["build_parser", "main", "train"]
+__all__ = ["RESUME_KEYS", "build_parser", "main", "train"]
 
-# arguments that must match between a run and its resume (the rest may change, e.g. --max-steps)
-_RESUME_KEYS = ("model", "data", "img_size", "in_chans", "batch_size", "seed", "ema_distill", "epochs")
+#: the settings that change the result (weights or metrics): a --resume must match the saved run in each.
+#: --max-steps and --epochs fix the length of the cosine schedule, --eval the metrics file's records.
+RESUME_KEYS = (
+    "model", "data", "img_size", "in_chans", "epochs", "max_steps", "batch_size", "lr", "weight_decay",
+    "warmup_steps", "drop_path", "seed", "ema_distill", "alpha", "ema_decay", "mixup", "cutmix",
+    "smoothing", "amp", "eval",
+)  # fmt: skip
 
 
 class UsageError(ValueError):
@@ -185,14 +207,23 @@ def train(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train(a: argparse.Namespace, info: DistInfo) -> dict[str, Any]:
+    with RunLock(a.out, enabled=info.is_main), StopOnSignal() as stop:
+        return _train_locked(a, info, stop)
+
+
+def _train_locked(a: argparse.Namespace, info: DistInfo, stop: StopOnSignal) -> dict[str, Any]:
     seed_everything(a.seed, info.rank)
     out: Path = a.out
     ckpt_dir = out / "checkpoints"
+    if info.is_main:
+        remove_stale_temp_files(out, depth=1)  # left by a killed run; we hold the lock
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k in RESUME_KEYS}
     resume_from = None
     if a.resume is not None:
         resume_from = Path(a.resume) if a.resume else ckpt_dir
         if find_latest_checkpoint(resume_from) is None:
             raise UsageError(f"--resume: no checkpoint in {resume_from} (no latest.json)")
+        check_resume_settings(saved_settings(resume_from), settings, RESUME_KEYS)
 
     _check_model(a.model)
     cfg = get_pretrained_cfg(a.model)
@@ -200,17 +231,20 @@ def _train(a: argparse.Namespace, info: DistInfo) -> dict[str, Any]:
     std = tuple(cfg.std) if cfg is not None else (0.229, 0.224, 0.225)
     splits = build_datasets(a.data, img_size=a.img_size, in_chans=a.in_chans, seed=a.seed, mean=mean, std=std)
     model, model_args = _create_model(a, splits.num_classes)
+    check_input_fits(model, lambda: (torch.stack([splits.train[0][0]] * 2),), f"--img-size {a.img_size}")
 
     sampler = ResumableDistributedSampler(splits.train, info, a.batch_size, seed=a.seed, drop_last=True)
     loader = make_loader(splits.train, a.batch_size, sampler, num_workers=a.workers)
-    if len(loader) == 0:
+    # counted before any set_position: a resumed epoch's loader holds only its remaining batches
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
         raise UsageError(
             f"{len(splits.train)} training images are fewer than --batch-size {a.batch_size} x "
             f"{info.world_size} processes"
         )
     val_sampler = ResumableDistributedSampler(splits.val, info, a.batch_size, shuffle=False)
     val_loader = make_loader(splits.val, a.batch_size, val_sampler, num_workers=a.workers, drop_last=False)
-    total_steps = a.epochs * len(loader)
+    total_steps = a.epochs * steps_per_epoch
     if a.max_steps is not None:
         total_steps = min(total_steps, a.max_steps)
     warmup = a.warmup_steps if a.warmup_steps is not None else max(1, total_steps // 20)
@@ -234,19 +268,12 @@ def _train(a: argparse.Namespace, info: DistInfo) -> dict[str, Any]:
     criterion = SoftTargetCrossEntropy()
 
     objects: dict[str, Any] = {"model": net, "optimizer": opt, "scheduler": sched, "distiller": distiller}
-    run_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k in _RESUME_KEYS}
     ckpt = Checkpointer(ckpt_dir, info)
     start = ResumeInfo()
     if resume_from is not None:
         start = ckpt.resume(resume_from, objects)
-        saved = start.extra.get("args", {})
-        changed = [
-            f"--{k.replace('_', '-')} {saved[k]} -> {run_args[k]}"
-            for k in run_args
-            if saved.get(k) != run_args[k]
-        ]
-        if changed:
-            raise UsageError(f"--resume with different settings: {', '.join(changed)}")
+        if info.is_main:
+            print(f"resuming from step {start.step}", file=sys.stderr, flush=True)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
     log = MetricLogger(
@@ -275,7 +302,7 @@ def _train(a: argparse.Namespace, info: DistInfo) -> dict[str, Any]:
                 soft = nn.functional.one_hot(y, splits.num_classes).float()
                 soft = soft * (1 - a.smoothing) + a.smoothing / splits.num_classes
                 batch = MixedBatch(x, soft, 1.0, x.new_ones(1, 1, *x.shape[-2:]), "none")
-            with autocast:
+            with autocast, _explain_one_sample_batch(a):
                 target = distiller.target(x, batch) if distiller is not None else batch.target
                 loss = criterion(ddp(batch.x).float(), target.float())
             opt.zero_grad(set_to_none=True)
@@ -290,16 +317,20 @@ def _train(a: argparse.Namespace, info: DistInfo) -> dict[str, Any]:
             bar.update()
             bar.set_postfix(loss=loss_v, lr=lr, epoch=epoch)
             log.log(step, epoch=epoch, loss=loss_v, lr=lr)
-            end_of_epoch = done == len(loader)
+            end_of_epoch = done == steps_per_epoch
             if a.eval and (end_of_epoch or step == total_steps):
                 val_acc = _evaluate(ddp, val_loader, info)
                 teacher_acc = _evaluate(distiller.teacher, val_loader, info) if distiller else None
                 log.log(step, epoch=epoch, val_acc=val_acc, teacher_val_acc=teacher_acc)
                 bar.write(f"epoch {epoch} step {step}: val acc {val_acc:.4f}" + (
                     f", teacher {teacher_acc:.4f}" if teacher_acc is not None else ""))  # fmt: skip
-            if step % a.save_every == 0 or step == total_steps:
-                extra = {"args": run_args, "val_acc": val_acc}
-                ckpt.save(step, objects, epoch=epoch, batch_in_epoch=done, extra=extra)
+            saving = step % a.save_every == 0 or step == total_steps
+            interrupted = stop.requested(info)
+            if saving or interrupted:
+                extra = {"val_acc": val_acc}
+                ckpt.save(step, objects, epoch=epoch, batch_in_epoch=done, extra=extra, settings=settings)
+            if interrupted:
+                raise TrainingInterrupted(step, announce=info.is_main)
             if step == total_steps or step == a.stop_after:
                 break
         else:
@@ -323,6 +354,20 @@ def _train(a: argparse.Namespace, info: DistInfo) -> dict[str, Any]:
     return summary
 
 
+@contextmanager
+def _explain_one_sample_batch(a: argparse.Namespace) -> Iterator[None]:
+    """BatchNorm's training error on a one-sample batch, as a one-line UsageError that says what to do."""
+    try:
+        yield
+    except ValueError as e:
+        if "Expected more than 1 value per channel" not in str(e):
+            raise
+        raise UsageError(
+            f"--batch-size {a.batch_size} is too small to train {a.model}: its BatchNorm needs more than one "
+            f"value per channel (here a 1x1 feature map of one sample); use --batch-size 2 or more"
+        ) from e
+
+
 def _fingerprint(model: nn.Module) -> str:
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
@@ -332,13 +377,29 @@ def _fingerprint(model: nn.Module) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point (``hiri-vit``). User mistakes print one line and exit with status 2."""
+    """Console entry point (``hiri-vit``).
+
+    User mistakes (bad flags, data, checkpoints, a resume with other settings, a locked ``--out``, an
+    ``OSError`` while writing) print one line and exit with status 2; SIGINT/SIGTERM save a checkpoint and
+    exit with status 130.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         summary = train(args)
-    except (UsageError, DataError, WeightsFileError) as e:
+    except TrainingInterrupted as e:
+        if e.announce:
+            print(str(e), file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # a second Ctrl-C: the step and any write under way were abandoned
+        print("interrupted; resume with --resume (from the latest complete checkpoint)", file=sys.stderr)
+        return 130
+    except CheckpointMismatchError as e:  # lists every differing key, one per line
         print(f"hiri-vit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as e:  # UsageError, DataError, WeightsFileError, ResumeSettingsError, ...
+        text = str(e).strip().splitlines()
+        print(f"hiri-vit {args.command}: error: {text[0] if text else type(e).__name__}", file=sys.stderr)
         return 2
     if summary:
         print(json.dumps({k: v for k, v in summary.items() if k != "weights_sha256"}))

@@ -5,7 +5,7 @@
 autocast dtype policy on CPU. Importing this package needs pytest.
 """
 
-from ctxnets_shared.testing.autocast import CudaFloat32Policy, cuda_like_autocast
+from ctxnets_shared.testing.autocast import cuda_autocast_policy, cuda_like_autocast
 from ctxnets_shared.testing.checks import (
     CHECKS,
     STRUCTURAL_CHECKS,
@@ -21,11 +21,11 @@ from ctxnets_shared.testing.suite import contract_suite
 __all__ = [
     "CHECKS",
     "STRUCTURAL_CHECKS",
-    "CudaFloat32Policy",
     "ModelSpec",
     "build",
     "calibration_input",
     "contract_suite",
+    "cuda_autocast_policy",
     "cuda_like_autocast",
     "fx_trace",
     "make_input",

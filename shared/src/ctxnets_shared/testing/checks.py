@@ -27,7 +27,7 @@ from timm.utils.model import freeze_batch_norm_2d
 
 from ctxnets_shared.models.cfg import PAPER_FIELDS
 from ctxnets_shared.packages import discover_packages
-from ctxnets_shared.testing.autocast import cuda_like_autocast
+from ctxnets_shared.testing.autocast import cuda_autocast_policy, cuda_like_autocast
 from ctxnets_shared.testing.spec import ModelSpec
 from ctxnets_shared.weights.io import CONFIG_NAME, load_pretrained, save_pretrained
 
@@ -490,10 +490,13 @@ def _half_step(
     model: nn.Module, x: torch.Tensor, dtype: torch.dtype, device: str
 ) -> tuple[torch.Tensor, nn.Module]:
     m = copy.deepcopy(model).to(device).train()
-    with cuda_like_autocast(dtype, device):
-        out = m(x.to(device))
-        loss = _logits_loss(out)
-    loss.backward()  # outside autocast, as a GPU training loop does
+    # the float32 policy stays on for backward: activation checkpointing recomputes there under the
+    # forward's autocast state, and on CUDA that state brings the policy with it
+    with cuda_autocast_policy():
+        with cuda_like_autocast(dtype, device):
+            out = m(x.to(device))
+            loss = _logits_loss(out)
+        loss.backward()  # outside autocast, as a GPU training loop does
     return out.detach(), m
 
 

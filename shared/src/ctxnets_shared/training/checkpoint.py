@@ -12,11 +12,17 @@ under their path in the nest, everything else to the JSON file, and :func:`load_
 exactly (tuples stay tuples, integer dict keys stay integers).
 
 :class:`Checkpointer` saves and resumes a whole training state (objects with ``state_dict()``, counters,
-every rank's RNG states) from inside a DDP or single-process loop.
+every rank's RNG states) from inside a DDP or single-process loop, together with the run's settings that
+:func:`~ctxnets_shared.training.check_resume_settings` compares on ``--resume``.
+
+A checkpoint that cannot be written (disk full, file too large) raises :class:`CheckpointWriteError` and
+leaves the previous checkpoint as it was; a pointer or state file with wrong types or missing fields is a
+:class:`~ctxnets_shared.weights.WeightsFileError` naming the file, never a ``KeyError``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -36,6 +42,7 @@ from ctxnets_shared.weights import WeightsFileError, atomic_write, check_state_d
 
 __all__ = [
     "LATEST_NAME",
+    "CheckpointWriteError",
     "Checkpointer",
     "ResumeInfo",
     "find_latest_checkpoint",
@@ -43,11 +50,20 @@ __all__ = [
     "load_state",
     "save_checkpoint",
     "save_state",
+    "saved_settings",
 ]
 
 LATEST_NAME = "latest.json"
 _FORMAT = "ctxnets-train-state-1"
 _CKPT_RE = re.compile(r"^ckpt-(\d+)\.json$")
+_TENSORS_RE = re.compile(r"^ckpt-(\d+)\.safetensors$")
+
+
+class CheckpointWriteError(ValueError):
+    """A checkpoint could not be written (an ``OSError``: disk full, file too large, no permission).
+
+    Nothing of it is left behind, and the previous checkpoint is still the latest.
+    """
 
 
 # ---- nest <-> (JSON, tensors) ----------------------------------------------------------------------------
@@ -131,12 +147,20 @@ def load_state(json_path: str | os.PathLike[str]) -> dict[str, Any]:
         raise WeightsFileError(f"checkpoint state file {json_path} is not valid JSON: {e}") from e
     if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
         raise WeightsFileError(f"{json_path} is not a ctxnets training checkpoint")
-    tensors = load_safetensors(json_path.parent / doc["tensors"])
-    if len(tensors) != doc["num_tensors"]:
+    name, count = doc.get("tensors"), doc.get("num_tensors")
+    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
         raise WeightsFileError(
-            f"{doc['tensors']} holds {len(tensors)} tensors but {json_path.name} expects {doc['num_tensors']}"
+            f"{json_path}: 'tensors' must name a .safetensors file beside it, got {name!r}"
         )
-    return _unflatten(doc["state"], tensors)
+    if not isinstance(count, int) or isinstance(count, bool) or "state" not in doc:
+        raise WeightsFileError(f"{json_path}: 'num_tensors' (an integer) or 'state' is missing or malformed")
+    tensors = load_safetensors(json_path.parent / name)
+    if len(tensors) != count:
+        raise WeightsFileError(f"{name} holds {len(tensors)} tensors but {json_path.name} expects {count}")
+    try:
+        return _unflatten(doc["state"], tensors)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise WeightsFileError(f"{json_path}: malformed state ({type(e).__name__}: {e})") from e
 
 
 # ---- checkpoint folders ----------------------------------------------------------------------------------
@@ -161,11 +185,28 @@ def save_checkpoint(
     if keep < 1:
         raise ValueError(f"keep must be at least 1, got {keep}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     json_path = out / f"ckpt-{step:08d}.json"
-    save_state(state, out / f"ckpt-{step:08d}.safetensors", json_path)
-    with atomic_write(out / LATEST_NAME, "w") as f:
-        json.dump({"checkpoint": json_path.name, "step": step}, f)
+    tensors_path = out / f"ckpt-{step:08d}.safetensors"
+    previous = None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        previous = _pointer_step(out)
+        save_state(state, tensors_path, json_path)
+        with atomic_write(out / LATEST_NAME, "w") as f:
+            json.dump({"checkpoint": json_path.name, "step": step}, f)
+    except OSError as e:
+        if previous != step:  # a half-made pair of a new step: not resumable, take it away
+            for p in (json_path, tensors_path):
+                with contextlib.suppress(OSError):
+                    p.unlink(missing_ok=True)
+        kept = (
+            f"the previous checkpoint (step {previous}) is kept"
+            if previous is not None
+            else "there is no earlier checkpoint"
+        )
+        raise CheckpointWriteError(
+            f"cannot write the checkpoint of step {step} to {out}: {e.strerror or e}; {kept}"
+        ) from e
     steps = sorted(int(m.group(1)) for p in out.iterdir() if (m := _CKPT_RE.match(p.name)))
     for old in steps[:-keep]:
         if old != step:
@@ -174,10 +215,22 @@ def save_checkpoint(
     return json_path
 
 
+def _pointer_step(folder: Path) -> int | None:
+    try:
+        found = find_latest_checkpoint(folder)
+    except WeightsFileError:
+        return None
+    m = _CKPT_RE.match(found.name) if found is not None else None
+    return int(m.group(1)) if m else None
+
+
 def find_latest_checkpoint(path: str | os.PathLike[str]) -> Path | None:
     """The JSON file of the newest complete checkpoint in a folder (None if it holds none).
 
     ``path`` may also be a checkpoint's JSON file itself, returned as is.
+
+    Raises:
+        WeightsFileError: ``latest.json`` is not an object naming a ``ckpt-<step>.json`` file beside it.
     """
     path = Path(path)
     if path.is_file():
@@ -186,10 +239,40 @@ def find_latest_checkpoint(path: str | os.PathLike[str]) -> Path | None:
     if not pointer.is_file():
         return None
     try:
-        name = json.loads(pointer.read_text())["checkpoint"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        doc = json.loads(pointer.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise WeightsFileError(f"{pointer} is not a valid checkpoint pointer: {e}") from e
+    name = doc.get("checkpoint") if isinstance(doc, dict) else None
+    if not isinstance(name, str) or not _CKPT_RE.match(name):
+        raise WeightsFileError(
+            f"{pointer} is not a valid checkpoint pointer: expected "
+            f'{{"checkpoint": "ckpt-<step>.json"}}, got {str(doc)[:80]}'
+        )
+    if not (path / name).is_file():
+        raise WeightsFileError(f"{pointer} names {name}, which is missing")
     return path / name
+
+
+def saved_settings(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The run settings stored with the newest checkpoint under ``path`` (its JSON only, no tensors).
+
+    Raises:
+        WeightsFileError: no checkpoint there, or it records no settings.
+    """
+    found = find_latest_checkpoint(path)
+    if found is None:
+        raise WeightsFileError(f"no checkpoint to resume from in {path} (no {LATEST_NAME})")
+    try:
+        doc = json.loads(found.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        raise WeightsFileError(f"checkpoint state file {found} is not readable JSON: {e}") from e
+    progress = doc.get("state", {}).get("progress") if isinstance(doc, dict) else None
+    settings = progress.get("settings") if isinstance(progress, dict) else None
+    if not isinstance(settings, dict):
+        raise WeightsFileError(
+            f"{found} records no run settings (not written by a ctxnets training command?)"
+        )
+    return settings
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -259,12 +342,18 @@ class Checkpointer:
         epoch: int,
         batch_in_epoch: int,
         extra: Mapping[str, Any] | None = None,
+        settings: Mapping[str, Any] | None = None,
     ) -> Path | None:
         """Write the state of ``objects`` (anything with ``state_dict()``: modules, optimizers,
         schedulers, grad scalers, ``timm.utils.ModelEmaV3``) plus counters and every rank's RNG.
 
         ``batch_in_epoch`` is the number of batches of ``epoch`` already trained; ``extra`` holds any
-        further plain values (e.g. best accuracy). Returns the written JSON path on rank 0, None elsewhere.
+        further plain values (e.g. best accuracy); ``settings`` the run's settings that a resume must
+        match (read back by :func:`saved_settings`). Returns the written JSON path on rank 0, None
+        elsewhere.
+
+        Raises:
+            CheckpointWriteError: the files could not be written; the previous checkpoint stays.
         """
         rng = all_gather_object(capture_rng_state(), self.info)
         path = None
@@ -277,6 +366,7 @@ class Checkpointer:
                     "batch_in_epoch": batch_in_epoch,
                     "world_size": self.info.world_size,
                     "extra": dict(extra or {}),
+                    "settings": dict(settings or {}),
                 },
                 "rng": rng,
             }
@@ -295,7 +385,7 @@ class Checkpointer:
             WeightsFileError: no checkpoint there, damaged files, or a name in ``objects`` missing in it.
         """
         loaded = load_checkpoint(path)
-        state, progress, rng = loaded["objects"], loaded["progress"], loaded["rng"]
+        state, progress, rng = _check_layout(loaded, path)
         for name, obj in objects.items():
             if obj is None:
                 continue
@@ -303,12 +393,42 @@ class Checkpointer:
                 raise WeightsFileError(f"checkpoint in {path} has no {name!r} state (it has {sorted(state)})")
             if isinstance(obj, nn.Module):
                 check_state_dict(obj, state[name], context=f"{path} [{name}]")
-            obj.load_state_dict(state[name])
+            try:
+                obj.load_state_dict(state[name])
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+                text = str(e).strip().splitlines()
+                reason = text[0] if text else type(e).__name__
+                raise WeightsFileError(f"checkpoint in {path}: {name!r} state does not fit ({reason})") from e
         if progress["world_size"] == self.info.world_size:
-            restore_rng_state(rng[self.info.rank])
+            try:
+                restore_rng_state(rng[self.info.rank])
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+                raise WeightsFileError(f"checkpoint in {path}: malformed RNG state ({e})") from e
         return ResumeInfo(
             step=progress["step"],
             epoch=progress["epoch"],
             batch_in_epoch=progress["batch_in_epoch"],
             extra=dict(progress["extra"]),
         )
+
+
+def _check_layout(
+    loaded: Any, path: str | os.PathLike[str]
+) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
+    """The (objects, progress, rng) of a loaded checkpoint, or WeightsFileError naming what is wrong."""
+    where = f"checkpoint in {path}"
+    if not isinstance(loaded, dict):
+        raise WeightsFileError(f"{where} is not a training state (a {type(loaded).__name__})")
+    state, progress, rng = loaded.get("objects"), loaded.get("progress"), loaded.get("rng")
+    if not isinstance(state, dict) or not isinstance(progress, dict) or not isinstance(rng, list):
+        raise WeightsFileError(f"{where} lacks 'objects', 'progress' or 'rng' (or has them of wrong types)")
+    for key in ("step", "epoch", "batch_in_epoch", "world_size"):
+        value = progress.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise WeightsFileError(f"{where}: progress.{key} must be a non-negative integer, got {value!r}")
+    if not isinstance(progress.get("extra", {}), dict):
+        raise WeightsFileError(f"{where}: progress.extra must be an object")
+    progress.setdefault("extra", {})
+    if progress["world_size"] != len(rng):
+        raise WeightsFileError(f"{where}: {len(rng)} RNG states for world_size {progress['world_size']}")
+    return state, progress, rng

@@ -15,6 +15,7 @@ Base datasets return ``(image, label)`` with ``image`` a float (C, H, W) tensor 
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,14 +110,52 @@ class DigitsDataset(Dataset[Sample]):
         return img[0].expand(self.in_chans, -1, -1).clone(), self.targets[index]
 
 
+def _walk_images(folder: Path, seen_dirs: set[str]) -> list[Path]:
+    """Image files under ``folder`` in sorted order, following symlinks; a folder reached twice by its
+    real path (a symlink loop, or two links to one folder) is a DataError."""
+    real = os.path.realpath(folder)
+    if real in seen_dirs:
+        raise DataError(
+            f"{folder} leads back to {real}, a folder already read (a symlink loop or a second link to it): "
+            f"each image must appear once"
+        )
+    seen_dirs.add(real)
+    found: list[Path] = []
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            found += _walk_images(entry, seen_dirs)
+        elif entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file():
+            found.append(entry)
+    return found
+
+
 def _list_images(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    samples = []
+    samples: list[tuple[Path, int]] = []
+    first: dict[str, tuple[Path, int]] = {}  # real path -> where it was first seen
+    seen_dirs = {os.path.realpath(root)}
+    empty = []
     for label, name in enumerate(classes):
-        for dirpath, _, files in sorted(os.walk(root / name, followlinks=True)):
-            for f in sorted(files):
-                if f.lower().endswith(IMAGE_EXTENSIONS):
-                    samples.append((Path(dirpath) / f, label))
+        files = _walk_images(root / name, seen_dirs)
+        if not files:
+            empty.append(name)
+        for f in files:
+            real = os.path.realpath(f)
+            if real in first:
+                other, other_label = first[real]
+                if other_label != label:
+                    raise DataError(
+                        f"{f} and {other} are the same image under two classes ({classes[other_label]}, "
+                        f"{name})"
+                    )
+                continue  # a second link to one image of this class: counted once
+            first[real] = (f, label)
+            samples.append((f, label))
+    if empty and samples:
+        exts = ", ".join(IMAGE_EXTENSIONS)
+        raise DataError(f"no images found in class folder {root / empty[0]} (expected {exts} files)")
     return classes, samples
 
 
@@ -129,8 +168,12 @@ class ImageFolderDataset(Dataset[Sample]):
         samples: (path, label) pairs to use instead of listing ``root`` (for splits).
         classes: class names, required with ``samples``.
 
+    Symlinks are followed but every image counts once by its real path: a symlink loop, or one image
+    under two classes, is an error, as is a class folder without images.
+
     Raises:
-        DataError: ``root`` is missing, is not a folder, or holds no images in class subfolders.
+        DataError: ``root`` is missing, is not a folder, holds no images in class subfolders, has an
+            empty class folder, a symlink loop, or an image under two classes.
     """
 
     def __init__(
@@ -236,6 +279,13 @@ def _folder_splits(
         val = ImageFolderDataset(root / "val", in_chans)
         if val.classes != train.classes:
             raise DataError(f"{root}/train and {root}/val hold different class folders")
+        val_files = {os.path.realpath(p): p for p, _ in val.samples}
+        for p, _ in train.samples:
+            if os.path.realpath(p) in val_files:
+                raise DataError(
+                    f"{p} (train) is the same file as {val_files[os.path.realpath(p)]} (val): a validation "
+                    f"image must not be trained on"
+                )
         return train, val, train.classes
     classes, samples = ImageFolderDataset.scan(root)
     order = np.random.default_rng(_SPLIT_SEED).permutation(len(samples))
@@ -284,6 +334,12 @@ def build_datasets(
     )
 
 
+def _ignore_interrupts(worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group: the workers must keep serving batches while the main
+    # process finishes its step and saves (ctxnets_shared.training.StopOnSignal)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_loader(
     dataset: Dataset[Any],
     batch_size: int,
@@ -308,6 +364,7 @@ def make_loader(
         sampler=sampler,
         shuffle=False,  # order comes from the sampler (ResumableDistributedSampler)
         num_workers=num_workers,
+        worker_init_fn=_ignore_interrupts if num_workers > 0 else None,
         drop_last=drop_last,
         pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(0),

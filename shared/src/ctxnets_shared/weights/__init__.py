@@ -14,6 +14,8 @@ from ctxnets_shared.weights.io import (
     check_state_dict,
     load_pretrained,
     load_safetensors,
+    nonfinite_keys,
+    remove_stale_temp_files,
     save_pretrained,
 )
 
@@ -29,6 +31,8 @@ __all__ = [
     "check_state_dict",
     "load_pretrained",
     "load_safetensors",
+    "nonfinite_keys",
     "read_checkpoint",
+    "remove_stale_temp_files",
     "save_pretrained",
 ]

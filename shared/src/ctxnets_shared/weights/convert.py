@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ctxnets_shared.weights.errors import CheckpointMismatchError, WeightsFileError
-from ctxnets_shared.weights.io import check_state_dict, load_safetensors, save_pretrained
+from ctxnets_shared.weights.io import check_state_dict, load_safetensors, nonfinite_keys, save_pretrained
 from ctxnets_shared.weights.unpickle import load_checkpoint
 
 __all__ = ["CheckpointConverter", "read_checkpoint"]
@@ -56,21 +56,27 @@ class CheckpointConverter:
     strip_prefixes: tuple[str, ...] = ("module.", "_orig_mod.")
     verified: str = ""
 
-    def __init__(self, use_ema: bool = False) -> None:
+    def __init__(self, use_ema: bool = False, allow_nonfinite: bool = False) -> None:
         self.use_ema = use_ema
+        self.allow_nonfinite = allow_nonfinite
 
     def unwrap(self, ckpt: Any) -> dict[str, torch.Tensor]:
         """Pick the weights out of a training checkpoint and strip wrapper prefixes."""
         if not isinstance(ckpt, Mapping):
             raise WeightsFileError(f"checkpoint is a {type(ckpt).__name__}, expected a dict of tensors")
-        keys = (*self.ema_keys, *self.wrapper_keys) if self.use_ema else self.wrapper_keys
+        # with use_ema only the EMA keys count: falling back to the regular weights would be silent
+        keys = self.ema_keys if self.use_ema else self.wrapper_keys
         for k in keys:
             if isinstance(ckpt.get(k), Mapping):
                 ckpt = ckpt[k]
                 break
         else:
             if self.use_ema:
-                raise WeightsFileError(f"use_ema=True but the checkpoint has none of {list(self.ema_keys)}")
+                found = ", ".join(repr(k) for k in list(ckpt)[:20]) or "none"
+                raise WeightsFileError(
+                    f"EMA weights requested but the checkpoint has none of {list(self.ema_keys)} "
+                    f"(its top-level keys: {found})"
+                )
         out: dict[str, torch.Tensor] = {}
         for k, v in ckpt.items():
             if not isinstance(v, torch.Tensor):
@@ -102,6 +108,7 @@ class CheckpointConverter:
 
         Raises:
             CheckpointMismatchError: listing every missing, unexpected and mis-shaped key.
+            WeightsFileError: tensors with NaN or Inf values (unless ``allow_nonfinite``).
         """
         out: dict[str, torch.Tensor] = {}
         for k, v in self.unwrap(ckpt).items():
@@ -109,6 +116,13 @@ class CheckpointConverter:
             if new is not None:
                 out[new] = self.map_tensor(new, v)
         check_state_dict(model, out, context="converted checkpoint")
+        bad = nonfinite_keys(out)
+        if bad and not self.allow_nonfinite:
+            shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise WeightsFileError(
+                f"{len(bad)} tensor(s) hold NaN or Inf values ({shown}); pass --allow-nonfinite "
+                f"(allow_nonfinite=True) to convert them anyway"
+            )
         return out
 
     def convert(

@@ -11,7 +11,9 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -28,11 +30,14 @@ from ctxnets_shared.weights.errors import CheckpointMismatchError, WeightsFileEr
 
 __all__ = [
     "CONFIG_NAME",
+    "MAX_NUM_CLASSES",
     "WEIGHTS_NAME",
     "atomic_write",
     "check_state_dict",
     "load_pretrained",
     "load_safetensors",
+    "nonfinite_keys",
+    "remove_stale_temp_files",
     "save_pretrained",
 ]
 
@@ -40,15 +45,33 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 _TIMM_CFG_FIELDS = {f.name for f in dataclasses.fields(PretrainedCfg)}
 _SOURCE_FIELDS = {"url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source"}
+#: config.json model_args that would make timm read or fetch another file, refused when loading a folder
+_LOADING_ARGS = {"checkpoint_path", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"}
+#: the largest class count a config.json may ask for (ImageNet-21k has 21,841; 1e5 leaves room)
+MAX_NUM_CLASSES = 100_000
+# atomic_write's temporary names: ".<target name>.<8 random characters>.tmp" (tempfile.mkstemp)
+_TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary file beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Open a temporary file beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The file gets the permissions a plain ``open`` would give (0644 under umask 0022), not mkstemp's 0600.
+    A process killed mid-write leaves a ``.<name>.<random>.tmp`` file that :func:`remove_stale_temp_files`
+    clears.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -58,6 +81,34 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temp_files(folder: str | os.PathLike[str], *, depth: int = 1) -> list[Path]:
+    """Delete the temporary files that killed :func:`atomic_write` calls left in ``folder``.
+
+    Looks in ``folder`` and its subfolders down to ``depth`` levels. Call it only while no other process
+    writes there (e.g. holding the run's lock). Returns the removed paths.
+    """
+    root = Path(folder)
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for entry in root.iterdir():
+        if entry.is_dir() and not entry.is_symlink() and depth > 0:
+            removed += remove_stale_temp_files(entry, depth=depth - 1)
+        elif _TEMP_RE.match(entry.name) and entry.is_file():
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def nonfinite_keys(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """The keys of floating-point tensors holding NaN or Inf values."""
+    return [
+        k
+        for k, v in state_dict.items()
+        if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all())
+    ]
 
 
 def _timm_cfg(pretrained_cfg: Any, num_classes: int | None, in_chans: int) -> dict[str, Any]:
@@ -181,6 +232,66 @@ def check_state_dict(
         raise CheckpointMismatchError(missing, unexpected, mismatched, context=context)
 
 
+def _read_config(cfg_path: Path) -> dict[str, Any]:
+    """config.json as a dict whose architecture and model_args are safe to build, or WeightsFileError."""
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise WeightsFileError(f"{cfg_path} is not valid JSON: {e}") from e
+    except UnicodeDecodeError as e:
+        raise WeightsFileError(f"{cfg_path} is not a text file: {e}") from e
+    if not isinstance(config, dict):
+        raise WeightsFileError(f"{cfg_path} holds a JSON {type(config).__name__}, expected an object")
+    arch = config.get("architecture")
+    if not isinstance(arch, str) or not arch:
+        raise WeightsFileError(f"{cfg_path} has no 'architecture' (the registered model name)")
+    if ":" in arch:
+        raise WeightsFileError(
+            f"{cfg_path} names architecture {arch!r}: a source prefix (hf-hub:, local-dir:, ...) is "
+            f"refused, give the registered model name"
+        )
+    args = config.get("model_args") or {}
+    if not isinstance(args, dict):
+        raise WeightsFileError(f"{cfg_path}: 'model_args' must be an object, got {type(args).__name__}")
+    refused = sorted(set(args) & _LOADING_ARGS)
+    if refused:
+        raise WeightsFileError(
+            f"{cfg_path}: model_args {refused} would make timm read other files or download; refused "
+            f"(a weights folder carries its weights in {WEIGHTS_NAME})"
+        )
+    counts = (("num_classes", config.get("num_classes")), ("model_args.num_classes", args.get("num_classes")))
+    for where, n in counts:
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_NUM_CLASSES):
+            raise WeightsFileError(f"{cfg_path}: {where}={n!r} is not a class count in 0..{MAX_NUM_CLASSES}")
+    return config
+
+
+def _create_checked(arch: str, kwargs: dict[str, Any], weights: Path, context: str) -> nn.Module:
+    """Build ``arch`` for a weights file: first on the meta device (nothing allocated) to check the file's
+    shapes, then for real. Models that cannot be built on meta skip the first step."""
+    try:
+        with torch.device("meta"):
+            shell = timm.create_model(arch, pretrained=False, **kwargs)
+    except TypeError as e:
+        raise WeightsFileError(f"{context}: model_args do not fit {arch}: {str(e).splitlines()[0]}") from e
+    except Exception:  # e.g. a constructor that calls .item(): checked after the real build instead
+        shell = None
+    if shell is not None:
+        try:
+            with safetensors.safe_open(str(weights), framework="pt") as f:
+                shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}  # noqa: SIM118
+        except (safetensors.SafetensorError, OSError, ValueError) as e:
+            raise WeightsFileError(
+                f"{weights} is not a readable safetensors file (truncated or corrupted?): {e}"
+            ) from e
+        meta = {k: torch.empty(shape, device="meta") for k, shape in shapes.items()}
+        check_state_dict(shell, meta, context=str(weights))
+    try:
+        return timm.create_model(arch, pretrained=False, **kwargs)
+    except TypeError as e:
+        raise WeightsFileError(f"{context}: model_args do not fit {arch}: {str(e).splitlines()[0]}") from e
+
+
 def load_pretrained(
     path: str | os.PathLike[str],
     model: nn.Module | None = None,
@@ -190,14 +301,24 @@ def load_pretrained(
 ) -> nn.Module:
     """Load a folder written by :func:`save_pretrained` (or a bare ``.safetensors`` file into ``model``).
 
+    A folder's ``config.json`` is checked before anything is built: it must be an object naming a
+    registered architecture (no ``hf-hub:`` or other source prefix), its ``model_args`` may not point timm
+    at other files (``checkpoint_path``, ``pretrained_cfg_overlay``, ...), the class count must be at most
+    :data:`MAX_NUM_CLASSES`, and the weights' shapes are compared with the architecture before its memory
+    is allocated. Weights holding NaN or Inf values load with a warning naming them.
+
     Args:
         path: the folder, or a ``.safetensors`` file when ``model`` is given.
         model: a model to load into; None builds the architecture named in ``config.json`` through timm.
         device: where the returned model lives.
-        **model_kwargs: extra ``timm.create_model`` kwargs when building.
+        **model_kwargs: extra ``timm.create_model`` kwargs when building (trusted, not checked).
 
     Returns:
         The model in eval mode, weights loaded with every key and shape checked.
+
+    Raises:
+        WeightsFileError: a missing or malformed folder, file or config.json.
+        CheckpointMismatchError: the weights do not fit the model.
     """
     path = Path(path)
     if not path.exists():
@@ -208,26 +329,34 @@ def load_pretrained(
             raise WeightsFileError(
                 f"{path} has no {CONFIG_NAME}; expected a folder written by save_pretrained"
             )
-        try:
-            config = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise WeightsFileError(f"{cfg_path} is not valid JSON: {e}") from e
+        config = _read_config(cfg_path)
         weights = path / WEIGHTS_NAME
         if model is None:
             # importing installed packages registers their architectures with timm
             from ctxnets_shared.packages import discover_packages
 
             discover_packages()
+            arch = config["architecture"]
+            if not timm.is_model(arch):
+                raise WeightsFileError(
+                    f"{cfg_path} names architecture {arch!r}, which no installed package registers"
+                )
+            if not weights.is_file():
+                raise WeightsFileError(f"weights file not found: {weights}")
             kwargs = dict(config.get("model_args") or {})
             if config.get("num_classes") is not None:
                 kwargs["num_classes"] = config["num_classes"]
             kwargs.update(model_kwargs)
-            model = timm.create_model(config["architecture"], pretrained=False, **kwargs)
+            model = _create_checked(arch, kwargs, weights, str(cfg_path))
     else:
         if model is None:
             raise ValueError(f"{path} is a single file: pass the model to load it into")
         weights = path
     state = load_safetensors(weights)
     check_state_dict(model, state, context=str(weights))
+    bad = nonfinite_keys(state)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        warnings.warn(f"{weights}: {len(bad)} tensor(s) hold NaN or Inf values: {shown}", stacklevel=2)
     model.load_state_dict(state, strict=False)  # strictness already enforced, bar num_batches_tracked
     return model.to(device).eval()

@@ -1,0 +1,237 @@
+"""Issue 25 for ``hiri-vit train``: kill -9 at random moments (some mid-write), SIGINT, resume settings,
+the run lock and one-line errors. Bit-identical weights and identical metrics.jsonl / summary.json.
+
+A 32-image folder (4 classes, 3 steps of 8 per epoch) and timm's test_resnet at 16 px keep every run to a
+second or two of work, so epoch ends (validation records) fall inside the killed stretches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from ctxnets_shared.training import RunLock
+from hiri_vit.train import main
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the OMP_NUM_THREADS=1 subprocesses: bitwise-equal reductions
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("folder")
+    rng = np.random.default_rng(0)
+    for c in range(4):
+        (root / f"c{c}").mkdir()
+        for i in range(8):
+            pixels = (rng.random((12, 12, 3)) * 64 + 48 * c).astype(np.uint8)
+            Image.fromarray(pixels).save(root / f"c{c}" / f"{i}.png")
+    return root  # 26 train (3 batches of 8), 6 val
+
+
+def args(data: Path, out: Path, *extra: str, epochs: int = 2) -> list[str]:
+    return [
+        "train", "--model", "test_resnet", "--img-size", "16", "--batch-size", "8", "--data", str(data),
+        "--epochs", str(epochs), "--ema-decay", "0.9", "--save-every", "1", "--device", "cpu",
+        "--no-progress", "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Bit-identical student and teacher, byte-identical metrics.jsonl and summary.json."""
+    for part in ("model", "teacher"):
+        wa, wb = load_file(a / part / "model.safetensors"), load_file(b / part / "model.safetensors")
+        assert wa.keys() == wb.keys() and [k for k in wa if not torch.equal(wa[k], wb[k])] == []
+    for name in ("metrics.jsonl", "summary.json"):
+        assert (a / name).read_text() == (b / name).read_text(), name
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("hiri-vit train: error: "), err
+    return err
+
+
+def test_mid_epoch_resume_validates_at_the_same_steps(data: Path, tmp_path: Path, capsys) -> None:
+    straight, halves = tmp_path / "straight", tmp_path / "halves"
+    assert main(args(data, straight)) == 0
+    assert main(args(data, halves, "--stop-after", "2")) == 0  # 2 of the epoch's 3 batches
+    assert main(args(data, halves, "--resume")) == 0
+    assert "resuming from step 2" in capsys.readouterr().err
+    records = [json.loads(line) for line in (halves / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "val_acc" in r] == [3, 6]  # each epoch's end
+    assert_same_run(straight, halves)
+
+
+@pytest.fixture(scope="module")
+def saved_run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("saved") / "run"
+    torch.set_num_threads(1)
+    assert main(args(data, out, "--stop-after", "1")) == 0
+    return out
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (["--lr", "0.002"], "--lr was 0.001 in the saved run, now 0.002"),
+        (["--drop-path", "0.1"], "--drop-path was 0.0 in the saved run, now 0.1"),
+        (["--model", "resnet10t"], "--model was test_resnet in the saved run, now resnet10t"),
+        (["--max-steps", "5"], "--max-steps was unset (the default) in the saved run, now 5"),
+        (["--no-ema-distill"], "--ema-distill was True in the saved run, now False"),
+    ],
+)
+def test_resume_with_a_changed_setting_is_refused(
+    data: Path, saved_run: Path, capsys, change: list[str], message: str
+) -> None:
+    before = sorted(p.name for p in (saved_run / "checkpoints").iterdir())
+    assert main([*args(data, saved_run, "--resume"), *change]) == 2
+    assert (
+        one_error_line(capsys)
+        == f"hiri-vit train: error: cannot resume: {message} (start a new --out to change it)"
+    )
+    assert sorted(p.name for p in (saved_run / "checkpoints").iterdir()) == before
+
+
+def test_a_second_run_on_the_same_out_is_refused(data: Path, tmp_path: Path, capsys) -> None:
+    with RunLock(tmp_path):
+        assert main(args(data, tmp_path)) == 2
+    assert f"is in use by another run (pid {os.getpid()} on" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--model", "test_vit", "--img-size", "30"], "--img-size 30 does not fit VisionTransformer: Input"),
+        (
+            ["--batch-size", "1", "--mixup", "0", "--cutmix", "0"],
+            "--batch-size 1 is too small to train test_resnet: its BatchNorm needs more than one value",
+        ),
+        (["--resume", "{bad_pointer}"], "is not a valid checkpoint pointer"),
+        (["--resume", "{bad_state}"], "progress.step must be a non-negative integer, got '1'"),
+    ],
+)
+def test_more_mistakes_are_one_line(
+    data: Path, tmp_path: Path, capsys, extra: list[str], message: str
+) -> None:
+    saved = tmp_path / "saved" / "checkpoints"
+    if "--resume" in extra:  # a saved run whose pointer or state file is then damaged
+        assert main(args(data, saved.parent, "--max-steps", "1")) == 0
+        capsys.readouterr()
+        (saved / "latest.json").write_text('{"checkpoint": 7}')
+        doc = json.loads((saved / "ckpt-00000001.json").read_text())
+        doc["state"]["progress"]["step"] = "1"
+        (saved / "ckpt-00000001.json").write_text(json.dumps(doc))
+    extra = [e.format(bad_pointer=saved, bad_state=saved / "ckpt-00000001.json") for e in extra]
+    assert main([*args(data, tmp_path / "run", "--max-steps", "1"), *extra]) == 2
+    assert message in one_error_line(capsys)
+
+
+def test_disk_full_while_checkpointing_is_one_line(
+    data: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(*a: object, **k: object) -> bytes:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("safetensors.torch.save", disk_full)
+    assert main(args(data, tmp_path / "run")) == 2
+    folder = tmp_path / "run" / "checkpoints"
+    assert one_error_line(capsys) == (
+        f"hiri-vit train: error: cannot write the checkpoint of step 1 to {folder}: "
+        f"No space left on device; there is no earlier checkpoint"
+    )
+
+
+# ---- the kill loop -------------------------------------------------------------------------------------
+
+
+def _temp_files(out: Path) -> set[Path]:
+    return {
+        p for d in (out, out / "checkpoints") if d.is_dir() for p in d.iterdir() if p.name.endswith(".tmp")
+    }
+
+
+def _step(latest: Path) -> int:
+    try:
+        return int(json.loads(latest.read_text())["step"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def kill_loop(cmd: list[str], out: Path, kills: int, seed: int) -> int:
+    """Start, kill -9, restart with --resume, ``kills`` times; every other kill comes the moment a new
+    temporary file appears (a write under way), the others at a random moment after some progress.
+    Returns how many kills left a write unfinished."""
+    rng, latest, torn = random.Random(seed), out / "checkpoints" / "latest.json", 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for i in range(kills):
+        stale, start = _temp_files(out), _step(latest)
+        resume = ["--resume"] if latest.exists() else []
+        proc = subprocess.Popen([*cmd, *resume], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            if i % 2 == 0 and _temp_files(out) - stale:
+                break
+            if i % 2 == 1 and _step(latest) > start:
+                time.sleep(rng.uniform(0.0, 0.15))
+                break
+            time.sleep(0.001)
+        proc.kill()
+        _, err = proc.communicate()
+        assert proc.returncode == -signal.SIGKILL, f"run {i} ended by itself: {err.decode()[-2000:]}"
+        torn += bool(_temp_files(out) - stale)
+    return torn
+
+
+def test_kill_9_loop_then_sigint_then_resume_equals_an_uninterrupted_run(
+    data: Path, tmp_path: Path, capsys
+) -> None:
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    cmd = [sys.executable, "-m", "hiri_vit.train", *args(data, killed, epochs=10)]
+    torn = kill_loop(cmd, killed, kills=5, seed=0)
+    assert torn >= 1, "no kill landed during a write"
+    # the last kill's unfinished write, or one like it (earlier ones went at each restart)
+    stale = _temp_files(killed) or {killed / "checkpoints" / ".ckpt-00000099.json.k1ll3d00.tmp"}
+    for p in stale:
+        p.touch()
+    # Ctrl-C: the step finishes, a checkpoint of it is saved, exit status 130
+    latest = killed / "checkpoints" / "latest.json"
+    start = _step(latest)
+    proc = subprocess.Popen(
+        [*cmd, "--resume"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    while proc.poll() is None and _step(latest) <= start:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    stopped = _step(latest)
+    assert (
+        f"resuming from step {start}" in err and f"interrupted at step {stopped}; resume with --resume" in err
+    )
+    assert "Traceback" not in err and 0 < stopped < 30
+    assert not any(p.exists() for p in stale)  # removed at the start
+    assert main(args(data, killed, "--resume", epochs=10)) == 0
+    assert f"resuming from step {stopped}" in capsys.readouterr().err
+    assert not (killed / "run.lock").exists()
+    assert main(args(data, straight, epochs=10)) == 0
+    assert_same_run(straight, killed)
