@@ -1,11 +1,12 @@
 """No example in the docs that is not run somewhere.
 
 Every ```python block of docs/*.md, the root README and the five package READMEs runs here, the blocks of
-one file in order in one fresh namespace (a page's later examples build on its earlier ones), in a
-temporary working folder. A block that cannot run on a CPU in CI (an ImageNet path, hours of training) is
-marked in the markdown by an HTML comment on the line before it, ``<!-- not-run: the reason -->``: it is
-still compiled (a syntax error fails), not executed, and counted. An unmarked block that raises fails its
-file's test with the file and line.
+one file in order in one namespace (a page's later examples build on its earlier ones) of a fresh Python
+interpreter (docs_runner.py), in a temporary working folder: a page sees only what it imports itself, so
+an example that forgot ``import gcnet`` fails here as it would for a reader. A block that cannot run on a
+CPU in CI (an ImageNet path, hours of training) is marked in the markdown by an HTML comment on the line
+before it, ``<!-- not-run: the reason -->``: it is still compiled (a syntax error fails), not executed,
+and counted. An unmarked block that raises fails its file's test with the file and line.
 
 ```bash blocks are not run, but every ``ctxnets``, ``care-ssl``, ``gcnet`` and ``hiri-vit`` command in them
 (also behind ``uv run`` or ``torchrun -m``) is parsed by that command's own argparse parser, so a renamed
@@ -21,17 +22,20 @@ import contextlib
 import importlib
 import importlib.util
 import io
+import json
 import re
 import shlex
+import subprocess
+import sys
 import textwrap
 from dataclasses import dataclass
 from importlib.metadata import metadata
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+RUNNER = Path(__file__).with_name("docs_runner.py")
 DOC_FILES = [
     ROOT / "README.md",
     *sorted((ROOT / "docs").glob("*.md")),
@@ -101,27 +105,26 @@ PY_FILES = [f for f, blocks in BLOCKS.items() if any(b.lang == "python" for b in
 
 
 class ExampleError(AssertionError):
-    """An unmarked docs example raised."""
+    """An unmarked docs example raised, or a block is not valid Python."""
 
 
-def run_python_blocks(blocks: list[Block]) -> tuple[int, int]:
-    """Run the python blocks in order in one fresh namespace; returns (run, not run)."""
-    namespace: dict[str, object] = {"__name__": "__docs_example__"}
-    ran = skipped = 0
-    torch.manual_seed(0)
-    for b in blocks:
-        if b.lang != "python":
-            continue
-        code = compile(b.code, b.where, "exec")  # marked blocks must at least be valid Python
-        if b.not_run is not None:
-            skipped += 1
-            continue
-        try:
-            exec(code, namespace)
-        except Exception as e:
-            raise ExampleError(f"example at {b.where} raised {type(e).__name__}: {e}") from e
-        ran += 1
-    return ran, skipped
+def run_python_blocks(blocks: list[Block], cwd: Path) -> tuple[int, int]:
+    """Run a page's python blocks in a fresh interpreter, in ``cwd``; returns (run, not run)."""
+    page = [{"where": b.where, "code": b.code, "not_run": b.not_run} for b in blocks if b.lang == "python"]
+    blocks_file, result_file = cwd / ".docs_blocks.json", cwd / ".docs_result.json"
+    blocks_file.write_text(json.dumps(page))
+    proc = subprocess.run(
+        [sys.executable, str(RUNNER), str(blocks_file), str(result_file)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if proc.returncode != 0:
+        tail = proc.stderr.rpartition("example at ")
+        raise ExampleError(f"example at {tail[2].strip()}" if tail[1] else proc.stderr[-2000:])
+    result = json.loads(result_file.read_text())
+    return result["ran"], result["skipped"]
 
 
 def test_every_doc_file_is_read() -> None:
@@ -132,9 +135,8 @@ def test_every_doc_file_is_read() -> None:
 
 
 @pytest.mark.parametrize("doc", PY_FILES)
-def test_python_examples_run(doc: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)  # examples that save write here
-    ran, skipped = run_python_blocks(BLOCKS[doc])
+def test_python_examples_run(doc: str, tmp_path: Path) -> None:
+    ran, skipped = run_python_blocks(BLOCKS[doc], tmp_path)  # examples that save write in tmp_path
     print(f"{doc}: {ran} python block(s) run, {skipped} marked not-run")
     assert ran + skipped == sum(b.lang == "python" for b in BLOCKS[doc])
 
@@ -150,19 +152,33 @@ def test_not_run_blocks_are_counted_and_justified(capsys: pytest.CaptureFixture[
     assert len(marked) <= total // 4, "most examples must run"
 
 
-def test_runner_fails_on_an_unmarked_broken_block_and_skips_a_marked_one() -> None:
+def test_runner_fails_on_an_unmarked_broken_block_and_skips_a_marked_one(tmp_path: Path) -> None:
     good = "```python\nx = 1\n```\n"
     broken = "```python\nraise RuntimeError('needs /imagenet')\n```\n"
     marked = "<!-- not-run: needs ImageNet -->\n" + broken
-    assert run_python_blocks(extract_blocks(good + marked, "t.md")) == (1, 1)
+    uses_x = "```python\nassert x == 1\n```\n"  # blocks of one page share a namespace
+    assert run_python_blocks(extract_blocks(good + marked + uses_x, "t.md"), tmp_path) == (2, 1)
     with pytest.raises(ExampleError, match=r"t\.md:5 raised RuntimeError: needs /imagenet"):
-        run_python_blocks(extract_blocks(good + broken, "t.md"))
-    with pytest.raises(SyntaxError):  # a marked block is still compiled
-        run_python_blocks(extract_blocks("<!-- not-run: needs ImageNet -->\n```python\nx = (\n```\n", "t.md"))
+        run_python_blocks(extract_blocks(good + broken, "t.md"), tmp_path)
+    with pytest.raises(ExampleError, match=r"t\.md:3 is not valid Python"):  # a marked block is compiled
+        bad = "<!-- not-run: needs ImageNet -->\n```python\nx = (\n```\n"
+        run_python_blocks(extract_blocks(bad, "t.md"), tmp_path)
     with pytest.raises(ValueError, match="not directly before a code block"):
         extract_blocks("<!-- not-run: dangling -->\n\ntext\n\n" + good, "t.md")
     with pytest.raises(ValueError, match="must give its reason"):
         extract_blocks("<!-- not-run: -->\n" + good, "t.md")
+
+
+def test_each_page_runs_in_a_fresh_interpreter(tmp_path: Path) -> None:
+    # this process has registered gcnet's models; a page that uses one without `import gcnet` must still fail
+    import timm
+
+    import gcnet  # noqa: F401
+
+    assert timm.is_model("gc_resnet50")
+    forgot = '```python\nimport timm\n\nmodel = timm.create_model("gc_resnet50")\n```\n'
+    with pytest.raises(ExampleError, match=r"t\.md:2 raised RuntimeError: Unknown model \(gc_resnet50\)"):
+        run_python_blocks(extract_blocks(forgot, "t.md"), tmp_path)
 
 
 # ---- shell blocks: the commands exist and take the flags shown ----------------------------------------

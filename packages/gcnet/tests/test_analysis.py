@@ -110,14 +110,65 @@ def test_probe_errors():
     assert list(attention_modules(gc)) == [f"layer4.{i}.context_block" for i in range(3)]
 
 
-def test_command_on_default_photographs(tmp_path, capsys):
+def _strict_json(text):
+    def no_constant(name):  # NaN / Infinity are not JSON
+        raise ValueError(f"invalid JSON constant {name}")
+
+    return json.loads(text, parse_constant=no_constant)
+
+
+def test_strict_json_rejects_nan():
+    with pytest.raises(ValueError, match="NaN"):
+        _strict_json('{"x": NaN}')
+
+
+def test_command_on_default_photographs(tmp_path, capsys, monkeypatch):
+    from matplotlib.figure import Figure
+
+    figures = []
+    savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (figures.append(fig), savefig(fig, *a, **k)))
     assert main(["analyze", "snl_resnet50", "--out", str(tmp_path), "--img-size", "64"]) == 0
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["attention_china.png", "attention_flower.png", "distances.json"]
-    report = json.loads((tmp_path / "distances.json").read_text())
+    report = _strict_json((tmp_path / "distances.json").read_text())
+    assert report["weights"] == "random weights"
     d = report["distances"]["china"]["layer3.4.context_block"]
     assert d["att"] == pytest.approx(0.0, abs=1e-6)  # SNL: one map for every query
-    assert "layer3.4.context_block" in capsys.readouterr().out
+    assert d["output"] is None  # W_v starts at zero: the output has no direction, NaN in Python, null here
+    captured = capsys.readouterr()
+    assert "layer3.4.context_block" in captured.out
+    warnings = [line for line in captured.err.splitlines() if line]
+    assert len(warnings) == 1 and warnings[0].startswith("gcnet: warning: snl_resnet50 has random weights")
+    # one figure per image, named in its title, with one colour bar per block row (1 SNL block, 5 queries)
+    assert [f.get_suptitle() for f in figures] == [
+        f"image: {name}    model: snl_resnet50 (random weights)" for name in ("china", "flower")
+    ]
+    for fig in figures:
+        bars = [ax for ax in fig.axes if ax.get_ylabel() == "attention weight"]
+        assert len(fig.axes) == 5 + 1 and len(bars) == 1
+
+
+def test_command_with_an_official_format_checkpoint(tmp_path, capsys):
+    model = timm.create_model("snl_resnet50")
+    with torch.no_grad():  # trained-looking: W_v no longer zero, so the output distance is defined
+        model.layer3[4].context_block.channel_add_conv[0].weight.normal_(0.0, 0.01)
+    ckpt = tmp_path / "snl.pth.tar"
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, ckpt)
+    out = tmp_path / "out"
+    argv = ["analyze", "snl_resnet50", "--checkpoint", str(ckpt), "--out", str(out), "--img-size", "64"]
+    assert main(argv) == 0
+    assert capsys.readouterr().err == ""  # no random-weights warning
+    report = _strict_json((out / "distances.json").read_text())
+    assert report["weights"] == "snl.pth.tar"
+    assert 0.0 < report["distances"]["flower"]["layer3.4.context_block"]["output"] < 1.0
+    # an mmdetection detector checkpoint as published: backbone keys only, plus the neck and heads
+    mmdet = {f"backbone.{k}": v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    torch.save(
+        {"meta": {}, "state_dict": {**mmdet, "neck.lateral_convs.0.conv.weight": torch.zeros(1)}}, ckpt
+    )
+    assert main(argv) == 0
+    assert _strict_json((out / "distances.json").read_text())["distances"]["china"]
 
 
 def test_command_own_image_and_errors(tmp_path, capsys):
@@ -133,7 +184,9 @@ def test_command_own_image_and_errors(tmp_path, capsys):
     for argv, message in [
         (["analyze", "gc_resnet50", "--image", str(tmp_path / "missing.jpg")], "image not found"),
         (["analyze", "no_such_model"], "unknown model 'no_such_model'"),
-        (["analyze", "resnet18"], "has no attention blocks"),
+        (["analyze", "resnet18"], "has no attention blocks the analysis supports (GlobalContextBlock"),
+        (["analyze", "cotnet50"], "it has CotLayer x16: local K x K attention per position"),
+        (["analyze", "gc_resnet50", "--checkpoint", str(tmp_path / "none.pth")], "cannot load --checkpoint"),
     ]:
         assert main([*argv, "--out", str(tmp_path / "x"), "--img-size", "64"]) == 2
         err = capsys.readouterr().err

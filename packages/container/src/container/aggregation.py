@@ -10,6 +10,8 @@ tied to N). CONTAINER mixes a dynamic and a static affinity, ``A_m = alpha * A_d
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -37,14 +39,25 @@ class DenseAffinity(nn.Module):
         num_tokens: N, the token count the matrices are tied to.
         bias: add a learned per-head, per-output-token bias (as an ``nn.Linear(N, N)`` over tokens has).
         init_std: std of the normal initialisation (small, so the static part starts near zero).
+        device: where the parameters are created.
+        dtype: the parameters' dtype.
     """
 
-    def __init__(self, num_heads: int, num_tokens: int, bias: bool = False, init_std: float = 0.02) -> None:
+    def __init__(
+        self,
+        num_heads: int,
+        num_tokens: int,
+        bias: bool = False,
+        init_std: float = 0.02,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        dd: dict[str, Any] = {"device": device, "dtype": dtype}
         super().__init__()
         self.num_heads = num_heads
         self.num_tokens = num_tokens
-        self.weight = nn.Parameter(torch.randn(num_heads, num_tokens, num_tokens) * init_std)
-        self.bias = nn.Parameter(torch.zeros(num_heads, num_tokens)) if bias else None
+        self.weight = nn.Parameter(torch.randn(num_heads, num_tokens, num_tokens, **dd) * init_std)
+        self.bias = nn.Parameter(torch.zeros(num_heads, num_tokens, **dd)) if bias else None
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         """(B, heads, N, d) values -> (B, heads, N, d): ``A_static V`` (+ bias)."""
@@ -112,6 +125,8 @@ class ContextAggregation(nn.Module):
         attn_drop: dropout on the dynamic affinity.
         fused_attn: compute the dynamic branch with ``F.scaled_dot_product_attention`` (same result,
             the N x N map is never stored); None follows timm's ``use_fused_attn()``.
+        device: where the parameters are created (timm's factory kwargs: ``create_attn(..., device=...)``).
+        dtype: the parameters' dtype.
     """
 
     def __init__(
@@ -127,7 +142,10 @@ class ContextAggregation(nn.Module):
         qkv_bias: bool = True,
         attn_drop: float = 0.0,
         fused_attn: bool | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
+        dd: dict[str, Any] = {"device": device, "dtype": dtype}
         super().__init__()
         if dynamic not in DYNAMIC_AFFINITIES:
             raise ValueError(f"dynamic must be one of {DYNAMIC_AFFINITIES}, got {dynamic!r}")
@@ -152,20 +170,20 @@ class ContextAggregation(nn.Module):
         self.mix = mix if (dynamic is not None and static is not None) else None
         self.fused_attn = use_fused_attn() if fused_attn is None else fused_attn
 
-        self.in_proj = nn.Conv2d(dim, 3 * dim if dynamic else dim, 1, bias=qkv_bias)
+        self.in_proj = nn.Conv2d(dim, 3 * dim if dynamic else dim, 1, bias=qkv_bias, **dd)
         self.static: nn.Module | None = None
         if static == "depthwise":
-            self.static = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+            self.static = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, **dd)
         elif static == "dense":
             assert num_tokens is not None
-            self.static = DenseAffinity(num_heads, num_tokens, bias=dense_bias)
+            self.static = DenseAffinity(num_heads, num_tokens, bias=dense_bias, **dd)
         if self.mix == "sigmoid":
-            self.mix_logit = nn.Parameter(torch.zeros(1))
+            self.mix_logit = nn.Parameter(torch.zeros(1, **dd))
         elif self.mix == "free":
-            self.alpha = nn.Parameter(torch.full((1,), 0.5))
-            self.beta = nn.Parameter(torch.full((1,), 0.5))
+            self.alpha = nn.Parameter(torch.full((1,), 0.5, **dd))
+            self.beta = nn.Parameter(torch.full((1,), 0.5, **dd))
         self.attn_drop = nn.Dropout(attn_drop)
-        self.out_proj = nn.Conv2d(dim, dim, 1)
+        self.out_proj = nn.Conv2d(dim, dim, 1, **dd)
 
     def mix_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(alpha, beta), each of shape (1,); only for a module with both parts."""

@@ -73,6 +73,8 @@ class ContainerBlock(nn.Module):
         drop_path: stochastic depth rate of both residual branches.
         attn_layer: optional channel attention on the MLP branch's output (the composition hook).
         fused_attn: attention through ``F.scaled_dot_product_attention`` (None: timm's default).
+        device: where the parameters are created (timm's factory kwargs).
+        dtype: the parameters' dtype.
     """
 
     def __init__(
@@ -86,11 +88,14 @@ class ContainerBlock(nn.Module):
         drop_path: float = 0.0,
         attn_layer: AttnLayerSpec = None,
         fused_attn: bool | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
+        dd: dict[str, Any] = {"device": device, "dtype": dtype}
         super().__init__()
         dynamic, static = STAGE_MIXERS[mixer]
-        self.pos_embed = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
-        self.norm1 = nn.BatchNorm2d(dim)
+        self.pos_embed = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, **dd)
+        self.norm1 = nn.BatchNorm2d(dim, **dd)
         self.mixer = ContextAggregation(
             dim,
             num_heads,
@@ -99,11 +104,12 @@ class ContainerBlock(nn.Module):
             mix=mix,
             kernel_size=kernel_size,
             fused_attn=fused_attn,
+            **dd,
         )
-        self.norm2 = nn.BatchNorm2d(dim)
+        self.norm2 = nn.BatchNorm2d(dim, **dd)
         # timm's 1x1-conv MLP: the released code's CMlp keys (fc1, fc2), no parameters of its own
-        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
-        self.attn: nn.Module = create_attn_layer(attn_layer, dim) or nn.Identity()
+        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, **dd)
+        self.attn: nn.Module = create_attn_layer(attn_layer, dim, **dd) or nn.Identity()
         self.drop_path: nn.Module = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

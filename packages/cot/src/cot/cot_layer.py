@@ -77,6 +77,8 @@ class CotLayer(nn.Module):
         memory_efficient: in training, keep only the outputs of the convolutions on x and recompute the
             rest of the layer (norms, activations, attention embedding, aggregation, fusion) in backward
             with ``torch.utils.checkpoint``; same results and BatchNorm statistics, less memory.
+        device: where the parameters are created (timm's factory kwargs: ``create_attn(..., device=...)``).
+        dtype: the parameters' dtype.
     """
 
     def __init__(
@@ -97,7 +99,10 @@ class CotLayer(nn.Module):
         qkv_3x3: bool = False,
         dilation: int = 1,
         memory_efficient: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
+        dd: dict[str, Any] = {"device": device, "dtype": dtype}
         super().__init__()
         if context not in _CONTEXTS or fusion not in _FUSIONS or attn_input not in _ATTN_INPUTS:
             raise ValueError(
@@ -130,9 +135,16 @@ class CotLayer(nn.Module):
 
         self.key_embed = nn.Sequential(
             nn.Conv2d(
-                dim, dim, kk, padding=kk // 2 * dilation, dilation=dilation, groups=key_groups, bias=False
+                dim,
+                dim,
+                kk,
+                padding=kk // 2 * dilation,
+                dilation=dilation,
+                groups=key_groups,
+                bias=False,
+                **dd,
             ),
-            nn.BatchNorm2d(dim),
+            nn.BatchNorm2d(dim, **dd),
             nn.ReLU(inplace=True),
         )
         # optional parts are None when an ablation drops them (typed Any: TorchScript resolves a None
@@ -149,38 +161,40 @@ class CotLayer(nn.Module):
 
         if qkv_3x3:
             self.conv_q = nn.Sequential(
-                nn.Conv2d(dim, dim, 3, padding=dilation, dilation=dilation, groups=4, bias=False),
-                nn.BatchNorm2d(dim),
+                nn.Conv2d(dim, dim, 3, padding=dilation, dilation=dilation, groups=4, bias=False, **dd),
+                nn.BatchNorm2d(dim, **dd),
                 nn.ReLU(inplace=True),
             )
         num_maps = dim // share_planes
         embed_in = 2 * dim if attn_input == "qk" else dim
         self.embed = nn.Sequential(
-            nn.Conv2d(embed_in, dim // factor, 1, groups=groups, bias=False),
-            nn.BatchNorm2d(dim // factor),
+            nn.Conv2d(embed_in, dim // factor, 1, groups=groups, bias=False, **dd),
+            nn.BatchNorm2d(dim // factor, **dd),
             nn.ReLU(inplace=True),
-            nn.Conv2d(dim // factor, kernel_size * kernel_size * num_maps, 1, groups=groups),
+            nn.Conv2d(dim // factor, kernel_size * kernel_size * num_maps, 1, groups=groups, **dd),
             # per-map normalisation of its K*K taps: channels j*K*K .. (j+1)*K*K-1 are map j
-            nn.GroupNorm(num_maps, kernel_size * kernel_size * num_maps),
+            nn.GroupNorm(num_maps, kernel_size * kernel_size * num_maps, **dd),
         )
         if qkv_3x3:
-            value_conv = nn.Conv2d(dim, dim, 3, padding=dilation, dilation=dilation, groups=2, bias=False)
+            value_conv = nn.Conv2d(
+                dim, dim, 3, padding=dilation, dilation=dilation, groups=2, bias=False, **dd
+            )
         else:
-            value_conv = nn.Conv2d(dim, dim, 1, groups=groups, bias=False)
-        self.conv1x1 = nn.Sequential(value_conv, nn.BatchNorm2d(dim))
-        self.bn = nn.BatchNorm2d(dim)
+            value_conv = nn.Conv2d(dim, dim, 1, groups=groups, bias=False, **dd)
+        self.conv1x1 = nn.Sequential(value_conv, nn.BatchNorm2d(dim, **dd))
+        self.bn = nn.BatchNorm2d(dim, **dd)
         self.act = nn.SiLU(inplace=True)
         if context == "dynamic" or fusion == "sum":
             return
         if fusion == "concat":
-            self.fuse = nn.Sequential(nn.Conv2d(2 * dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
+            self.fuse = nn.Sequential(nn.Conv2d(2 * dim, dim, 1, bias=False, **dd), nn.BatchNorm2d(dim, **dd))
             return
         attn_chs = max(dim * radix // reduction_factor, 32)
         self.se = nn.Sequential(
-            nn.Conv2d(dim, attn_chs, 1),
-            nn.BatchNorm2d(attn_chs),
+            nn.Conv2d(dim, attn_chs, 1, **dd),
+            nn.BatchNorm2d(attn_chs, **dd),
             nn.ReLU(inplace=True),
-            nn.Conv2d(attn_chs, radix * dim, 1),
+            nn.Conv2d(attn_chs, radix * dim, 1, **dd),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

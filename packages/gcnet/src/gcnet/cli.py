@@ -1,10 +1,13 @@
 """``gcnet analyze MODEL --image PATH --out DIR``: the paper's Section 3 analysis on any model.
 
-Captures the attention maps of every NL / SNL / GC (or ctxnets_shared attention) block of ``MODEL`` (a timm
-name from any installed package, or ``local-dir:DIR`` for saved weights) on one or more images (default:
-the two photographs scikit-learn ships), writes one heatmap figure per image (Figures 1-2) and
-``distances.json`` with Table 1's average cosine distances, and prints the table. User mistakes (missing
-image, unknown model, a model without attention blocks) end with one ``gcnet: error: ...`` line, exit 2.
+Captures the attention maps of every NL / SNL / GC block (or module with an ``attention_map`` method, see
+:mod:`gcnet.analysis.probe`) of ``MODEL`` (a timm name from any installed package, or ``local-dir:DIR`` for
+saved weights) on one or more images (default: the two photographs scikit-learn ships), writes one heatmap
+figure per image (Figures 1-2) and ``distances.json`` with Table 1's average cosine distances (null where
+a distance is undefined), and prints the table. Weights come from ``--checkpoint`` (an official or our
+own checkpoint file), ``--pretrained`` (timm's pretrained tag) or ``local-dir:``; without any, one warning
+line says the maps are those of random weights. User mistakes (missing image, unknown model, a model
+without supported attention blocks) end with one ``gcnet: error: ...`` line, exit 2.
 """
 
 from __future__ import annotations
@@ -59,17 +62,53 @@ def _load_images(paths: Sequence[str] | None) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def _create_model(name: str) -> torch.nn.Module:
+def _create_model(name: str, pretrained: bool, checkpoint: str | None) -> torch.nn.Module:
     from ctxnets_shared import discover_packages
+    from ctxnets_shared.weights import (
+        CheckpointConverter,
+        CheckpointMismatchError,
+        WeightsFileError,
+        read_checkpoint,
+    )
 
-    discover_packages()  # registers every installed ctxnets package's models with timm
+    packages = discover_packages()  # registers every installed ctxnets package's models with timm
     local = name.startswith("local-dir:")
     if not local and not timm.is_model(name):
         raise UserError(f"unknown model {name!r} (not registered with timm by any installed package)")
     try:
-        return timm.create_model(name, pretrained=local)
-    except (RuntimeError, FileNotFoundError, OSError) as e:
+        model = timm.create_model(name, pretrained=local or pretrained)
+    except (RuntimeError, OSError, ValueError) as e:  # timm's unknown tag, a missing file, a bad one
         raise UserError(f"cannot create model {name!r}: {e}") from e
+    if checkpoint is not None:
+        try:
+            ckpt = read_checkpoint(checkpoint)
+        except WeightsFileError as e:
+            raise UserError(f"cannot load --checkpoint {checkpoint}: {e}") from e
+        base = name.split(".")[0]
+        official = [p.converter for p in packages.values() if base in p.models]
+        try:  # our own format first: a state dict or a training checkpoint of this model
+            state = CheckpointConverter().convert_state_dict(ckpt, model)
+        except CheckpointMismatchError as plain:
+            converter = next((c for c in official if isinstance(c, CheckpointConverter)), None)
+            if converter is None:
+                raise UserError(f"cannot load --checkpoint {checkpoint}: {plain}") from plain
+            # the package's official format (gcnet's: an mmdetection detector, backbone only, no classifier)
+            model.reset_classifier(0)  # type: ignore[operator]
+            try:
+                state = converter.convert_state_dict(ckpt, model)
+            except CheckpointMismatchError as e:
+                first = str(plain).splitlines()[0]
+                raise UserError(
+                    f"cannot load --checkpoint {checkpoint}: not a state dict of {name} ({first}) "
+                    f"nor an official checkpoint ({str(e).splitlines()[0]})"
+                ) from e
+        model.load_state_dict(state, strict=False)  # convert_state_dict checked every key and shape
+    return model
+
+
+def _jsonable(v: float) -> float | None:
+    """JSON has no NaN: an undefined distance (no non-zero vector) is null."""
+    return None if math.isnan(v) else v
 
 
 def _preprocess(img: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -95,35 +134,48 @@ def _fmt(v: float) -> str:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from gcnet.analysis import DEFAULT_QUERIES, attention_modules, capture_attention, plot_attention
+    from gcnet.analysis.probe import unsupported_attention
 
     images = _load_images(args.image)
-    model = _create_model(args.model).eval()
+    model = _create_model(args.model, args.pretrained, args.checkpoint).eval()
     if not attention_modules(model):
-        raise UserError(
-            f"model {args.model!r} has no attention blocks that expose attention maps "
-            "(NL, SNL, GC or ctxnets_shared attention); nothing to analyse"
+        raise UserError(f"model {args.model!r}: {unsupported_attention(model)}")
+    weights = "random weights"
+    if args.checkpoint:
+        weights = Path(args.checkpoint).name
+    elif args.pretrained or args.model.startswith("local-dir:"):
+        weights = "pretrained"
+    else:
+        print(
+            f"gcnet: warning: {args.model} has random weights (no --checkpoint or --pretrained): the maps "
+            "show the initialisation, not what a trained network attends to",
+            file=sys.stderr,
         )
     cfg: dict[str, Any] = dict(getattr(model, "pretrained_cfg", None) or {})
     mean, std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
     queries = args.query or list(DEFAULT_QUERIES)
     out = Path(args.out)
-    report: dict[str, dict[str, dict[str, float]]] = {}
+    report: dict[str, dict[str, dict[str, float]]] = {}  # NaN where undefined, null in the JSON
     for name, img in images:
         x = _preprocess(img, args.img_size, mean, std)
         records = capture_attention(model, x)
         shown = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0).float()
         shown = F.interpolate(shown, size=(args.img_size,) * 2, mode="bilinear", antialias=True)
         shown = shown[0].permute(1, 2, 0).div(255.0).clamp(0, 1)
-        png = plot_attention(
-            shown, records, out / f"attention_{name}.png", queries, title=f"{args.model}: {name}"
-        )
+        title = f"image: {name}    model: {args.model} ({weights})"
+        png = plot_attention(shown, records, out / f"attention_{name}.png", queries, title=title)
         report[name] = {block: r.distances() for block, r in records.items()}
         print(f"{png}")
         print(f"{'image':<12} {'block':<28} {'input':>7} {'output':>7} {'att':>7}")
         for block, d in report[name].items():
             print(f"{name:<12} {block:<28} {_fmt(d['input']):>7} {_fmt(d['output']):>7} {_fmt(d['att']):>7}")
+    distances = {
+        image: {block: {k: _jsonable(v) for k, v in d.items()} for block, d in blocks.items()}
+        for image, blocks in report.items()
+    }
     with atomic_write(out / "distances.json", "w") as f:
-        json.dump({"model": args.model, "img_size": args.img_size, "distances": report}, f, indent=2)
+        doc = {"model": args.model, "weights": weights, "img_size": args.img_size, "distances": distances}
+        json.dump(doc, f, indent=2, allow_nan=False)
     print(out / "distances.json")
     return 0
 
@@ -139,6 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", help="timm model name (e.g. nl_resnet50) or local-dir:DIR")
     s.add_argument("--image", nargs="+", help="image file(s); default: scikit-learn's sample photographs")
     s.add_argument("--out", required=True, help="folder for the PNG figures and distances.json")
+    weights = s.add_mutually_exclusive_group()
+    weights.add_argument(
+        "--checkpoint",
+        help="weights file for MODEL: an official checkpoint as published (.pth/.pth.tar) or a "
+        ".safetensors state dict (default: random weights, with a warning)",
+    )
+    weights.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="load MODEL's pretrained weights through timm (a pretrained tag)",
+    )
     s.add_argument("--img-size", type=int, default=224, help="square input size (default 224)")
     s.add_argument("--query", nargs="+", type=_parse_query, help="query positions 'Y,X' relative in [0, 1]")
     s.set_defaults(func=cmd_analyze)

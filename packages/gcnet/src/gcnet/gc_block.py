@@ -19,6 +19,7 @@ makes an add-only block start as the identity.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -37,16 +38,16 @@ FUSIONS = ("channel_add", "channel_mul")
 TRANSFORMS = ("ln_relu", "relu", "linear", "single")
 
 
-def _transform(channels: int, planes: int, kind: str) -> nn.Sequential:
+def _transform(channels: int, planes: int, kind: str, dd: dict[str, Any]) -> nn.Sequential:
     """The bottleneck ``delta``: (B, C, 1, 1) -> (B, C, 1, 1); index layout of mmcv for "ln_relu"."""
     if kind == "single":
-        return nn.Sequential(nn.Conv2d(channels, channels, 1))
+        return nn.Sequential(nn.Conv2d(channels, channels, 1, **dd))
     middle: list[nn.Module] = []
     if kind == "ln_relu":
-        middle = [nn.LayerNorm([planes, 1, 1]), nn.ReLU(inplace=True)]
+        middle = [nn.LayerNorm([planes, 1, 1], **dd), nn.ReLU(inplace=True)]
     elif kind == "relu":
         middle = [nn.ReLU(inplace=True)]
-    return nn.Sequential(nn.Conv2d(channels, planes, 1), *middle, nn.Conv2d(planes, channels, 1))
+    return nn.Sequential(nn.Conv2d(channels, planes, 1, **dd), *middle, nn.Conv2d(planes, channels, 1, **dd))
 
 
 class GlobalContextBlock(nn.Module):
@@ -59,6 +60,8 @@ class GlobalContextBlock(nn.Module):
         fusion: a non-empty subset of ``("channel_add", "channel_mul")`` (mmcv's names); a single name is
             accepted too.
         transform: one of :data:`TRANSFORMS` (Table 5(d)).
+        device: where the parameters are created (timm's factory kwargs: ``create_attn(..., device=...)``).
+        dtype: the parameters' dtype.
 
     Raises:
         ValueError: unknown pooling / fusion / transform, or a ratio giving no hidden channels.
@@ -71,7 +74,10 @@ class GlobalContextBlock(nn.Module):
         pooling: str = "att",
         fusion: str | Sequence[str] = ("channel_add",),
         transform: str = "ln_relu",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
+        dd: dict[str, Any] = {"device": device, "dtype": dtype}
         super().__init__()
         fusion = (fusion,) if isinstance(fusion, str) else tuple(fusion)
         if pooling not in POOLINGS:
@@ -86,12 +92,12 @@ class GlobalContextBlock(nn.Module):
         self.fusion = tuple(f for f in FUSIONS if f in fusion)
         self.transform = transform
         # W_k: one attention logit per position
-        self.conv_mask = nn.Conv2d(channels, 1, 1) if pooling == "att" else None
+        self.conv_mask = nn.Conv2d(channels, 1, 1, **dd) if pooling == "att" else None
         self.channel_add_conv = (
-            _transform(channels, self.planes, transform) if "channel_add" in fusion else None
+            _transform(channels, self.planes, transform, dd) if "channel_add" in fusion else None
         )
         self.channel_mul_conv = (
-            _transform(channels, self.planes, transform) if "channel_mul" in fusion else None
+            _transform(channels, self.planes, transform, dd) if "channel_mul" in fusion else None
         )
         self.reset_parameters()
 
@@ -113,6 +119,12 @@ class GlobalContextBlock(nn.Module):
             assert isinstance(last, nn.Conv2d)
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)  # type: ignore[arg-type]
+
+    def zero_init_last(self) -> None:
+        """timm's hook: ResNet's ``init_weights`` Kaiming-initialises every conv of the model, this block's
+        included, then calls ``zero_init_last()`` on each module that has it; restoring the paper's init here
+        makes a GC block inserted through ``block_args=dict(attn_layer=...)`` start as the identity."""
+        self.reset_parameters()
 
     def attention_map(self, x: torch.Tensor) -> torch.Tensor:
         """The pooling weights ``a_j``: (B, C, H, W) -> (B, 1, H*W), shared by every query position."""

@@ -16,6 +16,7 @@ starts as the identity. The block exposes its full (B, N_p, N_p) attention throu
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -39,6 +40,8 @@ class NonLocalBlock(nn.Module):
         reduction: inner width ``C_i = C // reduction`` of ``W_q``, ``W_k``, ``W_v`` (2 in the NL paper).
         use_scale: divide the embedded-Gaussian logits by ``sqrt(C_i)`` (mmcv's default; the paper's
             formula has no scale, so off by default).
+        device: where the parameters are created (timm's factory kwargs: ``create_attn(..., device=...)``).
+        dtype: the parameters' dtype.
 
     Raises:
         ValueError: unknown mode, or a reduction leaving no inner channels.
@@ -50,7 +53,10 @@ class NonLocalBlock(nn.Module):
         mode: str = "embedded_gaussian",
         reduction: int = 2,
         use_scale: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
+        dd: dict[str, Any] = {"device": device, "dtype": dtype}
         super().__init__()
         if mode not in NL_MODES:
             raise ValueError(f"mode must be one of {NL_MODES}, got {mode!r}")
@@ -64,14 +70,15 @@ class NonLocalBlock(nn.Module):
         self.inner_channels = inner
         self.mode = mode
         self.scale = 1.0 / math.sqrt(inner) if use_scale else 1.0
-        self.value = nn.Conv2d(channels, inner, 1)  # W_v
+        self.value = nn.Conv2d(channels, inner, 1, **dd)  # W_v
         embedded = mode != "gaussian"
-        self.query = nn.Conv2d(channels, inner, 1) if embedded else None  # W_q
-        self.key = nn.Conv2d(channels, inner, 1) if embedded else None  # W_k
+        self.query = nn.Conv2d(channels, inner, 1, **dd) if embedded else None  # W_q
+        self.key = nn.Conv2d(channels, inner, 1, **dd) if embedded else None  # W_k
         # w_f of the concatenation instantiation: [W_q x_i, W_k x_j] (2 C_i) -> one logit
-        self.concat_project = nn.Conv2d(2 * inner, 1, 1, bias=False) if mode == "concatenation" else None
-        self.proj = nn.Conv2d(inner, channels, 1, bias=False)  # W_z
-        self.norm = nn.BatchNorm2d(channels)
+        concat = mode == "concatenation"
+        self.concat_project = nn.Conv2d(2 * inner, 1, 1, bias=False, **dd) if concat else None
+        self.proj = nn.Conv2d(inner, channels, 1, bias=False, **dd)  # W_z
+        self.norm = nn.BatchNorm2d(channels, **dd)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -81,6 +88,11 @@ class NonLocalBlock(nn.Module):
                 m.reset_parameters()
         self.norm.reset_parameters()
         nn.init.zeros_(self.norm.weight)
+
+    def zero_init_last(self) -> None:
+        """timm's hook, called by ResNet's ``init_weights`` after it re-initialises every conv: restores the
+        NL init so a block inserted through ``block_args=dict(attn_layer=...)`` starts as the identity."""
+        self.reset_parameters()
 
     def attention_map(self, x: torch.Tensor) -> torch.Tensor:
         """Pairwise weights ``w_ij``: (B, C, H, W) -> (B, N_p, N_p), query i on dim 1, position j on dim 2."""

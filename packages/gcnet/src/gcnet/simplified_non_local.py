@@ -15,6 +15,8 @@ context framework this is attention pooling + a single-conv transform + add fusi
 
 from __future__ import annotations
 
+import torch
+
 from gcnet.gc_block import GlobalContextBlock
 
 __all__ = ["SimplifiedNonLocalBlock"]
@@ -25,10 +27,16 @@ class SimplifiedNonLocalBlock(GlobalContextBlock):
 
     Args:
         channels: C.
+        device: where the parameters are created (timm's factory kwargs).
+        dtype: the parameters' dtype.
     """
 
-    def __init__(self, channels: int) -> None:
-        super().__init__(channels, pooling="att", fusion=("channel_add",), transform="single")
+    def __init__(
+        self, channels: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
+        super().__init__(
+            channels, pooling="att", fusion=("channel_add",), transform="single", device=device, dtype=dtype
+        )
 
     def extra_repr(self) -> str:
         return f"{self.channels}"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -24,14 +25,24 @@ class CFFN(nn.Module):
         dim: C, input and output channels.
         hidden_dim: E * C, the expanded width.
         act_layer: activation class (sigma in Eq. 3).
+        device: where the parameters are created.
+        dtype: the parameters' dtype.
     """
 
-    def __init__(self, dim: int, hidden_dim: int, act_layer: Callable[[], nn.Module] = nn.GELU) -> None:
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int,
+        act_layer: Callable[[], nn.Module] = nn.GELU,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        dd: dict[str, Any] = {"device": device, "dtype": dtype}
         super().__init__()
-        self.fc1 = nn.Conv2d(dim, hidden_dim, 1)
+        self.fc1 = nn.Conv2d(dim, hidden_dim, 1, **dd)
         self.act = act_layer()
-        self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim)
-        self.fc2 = nn.Conv2d(hidden_dim, dim, 1)
+        self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim, **dd)
+        self.fc2 = nn.Conv2d(hidden_dim, dim, 1, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
@@ -49,6 +60,8 @@ class CFFNBlock(nn.Module):
         attn_layer: optional attention (name, callable ``channels -> nn.Module`` or None) applied to the
             CFFN branch before the residual add (the composition hook, e.g. a GC block).
         drop_path: stochastic depth rate.
+        device: where the parameters are created (timm's factory kwargs: ``create_attn(..., device=...)``).
+        dtype: the parameters' dtype.
     """
 
     def __init__(
@@ -58,11 +71,14 @@ class CFFNBlock(nn.Module):
         act_layer: Callable[[], nn.Module] = nn.GELU,
         attn_layer: AttnLayerSpec = None,
         drop_path: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
+        dd: dict[str, Any] = {"device": device, "dtype": dtype}
         super().__init__()
-        self.norm = nn.BatchNorm2d(dim)
-        self.mlp = CFFN(dim, int(dim * mlp_ratio), act_layer)
-        self.attn_hook: nn.Module = create_attn_layer(attn_layer, dim) or nn.Identity()
+        self.norm = nn.BatchNorm2d(dim, **dd)
+        self.mlp = CFFN(dim, int(dim * mlp_ratio), act_layer, **dd)
+        self.attn_hook: nn.Module = create_attn_layer(attn_layer, dim, **dd) or nn.Identity()
         self.drop_path: nn.Module = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -46,6 +47,8 @@ class HRBlock(nn.Module):
         act_layer: activation class.
         attn_layer: optional attention on the block's branch before the residual add (composition hook).
         drop_path: stochastic depth rate.
+        device: where the parameters are created (timm's factory kwargs: ``create_attn(..., device=...)``).
+        dtype: the parameters' dtype.
     """
 
     def __init__(
@@ -55,21 +58,24 @@ class HRBlock(nn.Module):
         act_layer: Callable[[], nn.Module] = nn.GELU,
         attn_layer: AttnLayerSpec = None,
         drop_path: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
+        dd: dict[str, Any] = {"device": device, "dtype": dtype}
         super().__init__()
         hidden = int(dim * mlp_ratio)
-        self.norm = nn.BatchNorm2d(dim)
-        self.high = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
-        self.low_down = nn.Conv2d(dim, dim, 3, stride=2, padding=1, groups=dim)
-        self.low_norm = nn.BatchNorm2d(dim)
+        self.norm = nn.BatchNorm2d(dim, **dd)
+        self.high = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, **dd)
+        self.low_down = nn.Conv2d(dim, dim, 3, stride=2, padding=1, groups=dim, **dd)
+        self.low_norm = nn.BatchNorm2d(dim, **dd)
         self.low_ffn = nn.Sequential(
             OrderedDict(
-                fc1=nn.Conv2d(dim, hidden, 1),
+                fc1=nn.Conv2d(dim, hidden, 1, **dd),
                 act=act_layer(),
-                fc2=nn.Conv2d(hidden, dim, 1),
+                fc2=nn.Conv2d(hidden, dim, 1, **dd),
             )
         )
-        self.attn_hook: nn.Module = create_attn_layer(attn_layer, dim) or nn.Identity()
+        self.attn_hook: nn.Module = create_attn_layer(attn_layer, dim, **dd) or nn.Identity()
         self.drop_path: nn.Module = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def branch(self, n: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Union
 
+import torch
 import torch.nn as nn
 from timm.layers import get_attn
 
@@ -127,12 +128,21 @@ def resolve_attn_layer(attn_layer: AttnLayerSpec) -> AttnFactory | None:
     )
 
 
-def create_attn_layer(attn_layer: AttnLayerSpec, channels: int, **kwargs: Any) -> nn.Module | None:
+def create_attn_layer(
+    attn_layer: AttnLayerSpec,
+    channels: int,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    **kwargs: Any,
+) -> nn.Module | None:
     """Build the attention module for a ``channels``-channel NCHW map (None when ``attn_layer`` is None).
 
     Args:
         attn_layer: a name, a callable ``channels -> nn.Module``, or None.
         channels: channel count C of the (B, C, H, W) map the module maps to itself.
+        device: move the module there (timm's factory kwargs of the host block).
+        dtype: cast its floating-point parameters and buffers to this dtype.
         **kwargs: passed to the factory.
     """
     if channels <= 0:
@@ -141,6 +151,10 @@ def create_attn_layer(attn_layer: AttnLayerSpec, channels: int, **kwargs: Any) -
     if factory is None:
         return None
     module = factory(channels, **kwargs)
+    if device is not None or dtype is not None:
+        # built, then moved: any callable ``channels -> nn.Module`` is accepted, not only factories that
+        # take timm's device/dtype kwargs
+        module = module.to(device=device, dtype=dtype)
     if not isinstance(attn_layer, str) or attn_layer.lower() in _REGISTRY:  # not one of timm's modules
         _OWN_INIT.add(module)
     return module

@@ -49,7 +49,8 @@ def plot_attention(
     """Write a PNG: one row per attention block, one column per query position.
 
     Each panel is the image with the block's attention map of that query over it (bilinear upsampling)
-    and the query marked by a cross.
+    and the query marked by a cross. The panels of a row share one colour scale, from 0 to the row's
+    largest weight, shown by the row's colour bar.
 
     Args:
         image: (H, W, 3) RGB image, uint8 or float in [0, 1] (what the model saw, before normalisation).
@@ -57,7 +58,7 @@ def plot_attention(
         path: PNG file to write (written to a temporary file and renamed).
         queries: relative (y, x) positions in [0, 1].
         batch_index: which image of the captured batch ``image`` is.
-        title: figure title.
+        title: figure title (the CLI puts the image name and the model there).
 
     Returns:
         ``path``.
@@ -76,13 +77,16 @@ def plot_attention(
     h, w = img.shape[:2]
     plt = _pyplot()
     rows, cols = len(records), len(queries)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.4 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(2.4 * cols + 0.8, 2.4 * rows + 0.4), squeeze=False, layout="constrained"
+    )
     for r, (name, record) in enumerate(records.items()):
         maps = upsample_maps(record.maps(queries)[batch_index : batch_index + 1], (h, w))[0]
+        top = float(maps.max()) or 1.0  # all-zero maps still get a scale
         for c, (qy, qx) in enumerate(queries):
             ax = axes[r][c]
             ax.imshow(img.clip(0.0, 1.0))
-            ax.imshow(maps[c].numpy(), cmap="jet", alpha=0.5)
+            heat = ax.imshow(maps[c].numpy(), cmap="jet", alpha=0.5, vmin=0.0, vmax=top)
             ax.plot([qx * (w - 1)], [qy * (h - 1)], marker="x", color="white", markersize=9, mew=2.5)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -90,9 +94,11 @@ def plot_attention(
                 ax.set_title(f"query ({qy:.2f}, {qx:.2f})", fontsize=8)
             if c == 0:
                 ax.set_ylabel(name, fontsize=7)
+        bar = fig.colorbar(heat, ax=list(axes[r]), shrink=0.9, pad=0.01)
+        bar.set_label("attention weight", fontsize=7)
+        bar.ax.tick_params(labelsize=6)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     path = Path(path)
     try:
         with atomic_write(path) as f:

@@ -21,7 +21,30 @@ import torch.nn.functional as F
 from gcnet.analysis.attention import MultiHeadSelfAttention2d
 from gcnet.analysis.distance import average_cosine_distance
 
-__all__ = ["AttentionProbe", "AttentionRecord", "attention_modules", "capture_attention", "upsample_maps"]
+__all__ = [
+    "SUPPORTED",
+    "AttentionProbe",
+    "AttentionRecord",
+    "attention_modules",
+    "capture_attention",
+    "unsupported_attention",
+    "upsample_maps",
+]
+
+#: what the probe reads, for error messages
+SUPPORTED = (
+    "GlobalContextBlock, SimplifiedNonLocalBlock and NonLocalBlock (gcnet), "
+    "gcnet.analysis.MultiHeadSelfAttention2d, or any module with an attention_map(x) -> (B, N_q, N_k) method"
+)
+# attention of other packages, matched by class name (paper packages never import each other), and why
+# the probe has no (B, N_q, N_k) map of it
+_NOT_SUPPORTED = {
+    "CotLayer": "local K x K attention per position (CoT), not a map over all positions",
+    "CoXtLayer": "local K x K attention per position (CoT), not a map over all positions",
+    "ContextAggregation": "Container's mixed affinity, which exposes no attention_map",
+    "MultiHeadAttention": "attention on (B, H, W, C) tokens (HIRI-ViT), which exposes no attention_map",
+    "PamAttention": "attention on ViT tokens (Container-PAM), not over an NCHW map",
+}
 
 
 def _mhsa_attention(module: MultiHeadSelfAttention2d, x: torch.Tensor) -> torch.Tensor:
@@ -41,6 +64,19 @@ def _attention_fn(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] |
 def attention_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Every module of ``model`` whose attention maps can be captured, by qualified name."""
     return {name: m for name, m in model.named_modules() if _attention_fn(m) is not None}
+
+
+def unsupported_attention(model: nn.Module) -> str:
+    """Why ``model`` has nothing to probe: the supported block types, and the attention it does have."""
+    found: dict[str, int] = {}
+    for m in model.modules():
+        name = type(m).__name__
+        if name in _NOT_SUPPORTED:
+            found[name] = found.get(name, 0) + 1
+    has = "; ".join(f"{n} x{c}: {_NOT_SUPPORTED[n]}" for n, c in found.items())
+    return f"{type(model).__name__} has no attention blocks the analysis supports ({SUPPORTED})" + (
+        f"; it has {has}" if has else ""
+    )
 
 
 @dataclass
@@ -113,10 +149,7 @@ class AttentionProbe:
                 raise ValueError(f"not attention modules of the model: {unknown}; available: {list(found)}")
             found = {n: found[n] for n in names}
         if not found:
-            raise ValueError(
-                f"{type(model).__name__} has no attention blocks that expose attention maps "
-                "(NL, SNL, GC or ctxnets_shared attention)"
-            )
+            raise ValueError(unsupported_attention(model))
         self.modules = found
         self.records: dict[str, AttentionRecord] = {}
         self._handles: list[Any] = []
