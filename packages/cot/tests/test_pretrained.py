@@ -99,6 +99,18 @@ def test_official_file_loads_as_published(official):
         assert out.isfinite().all() and torch.equal(out, ref(x))
 
 
+def test_official_file_with_nan_weights_warns(official, tmp_path):
+    _, state = official
+    bad = {**state, "fc.bias": torch.full_like(state["fc.bias"], float("nan"))}
+    torch.save({"state_dict": bad}, tmp_path / "nan.pth")
+    with pytest.warns(UserWarning, match=r"1 tensor\(s\) hold NaN or Inf values: fc.bias"):
+        timm.create_model(
+            "cotnet50.official_in1k",
+            pretrained=True,
+            pretrained_cfg_overlay=dict(file=str(tmp_path / "nan.pth")),
+        )
+
+
 def test_official_file_adapts_to_a_new_head_and_grey_input(official):
     path, state = official
     model = timm.create_model(

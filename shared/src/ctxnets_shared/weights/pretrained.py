@@ -17,11 +17,13 @@ conv to ``num_classes`` / ``in_chans``, and loads strictly. A tag whose weights 
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from timm.models import resolve_pretrained_cfg
 
 from ctxnets_shared.weights.errors import WeightsNotDownloadableError
+from ctxnets_shared.weights.io import nonfinite_keys
 
 if TYPE_CHECKING:
     from ctxnets_shared.weights.convert import CheckpointConverter
@@ -87,4 +89,8 @@ def official_checkpoint_overlay(
     else:
         return None
     weights = converter.unwrap(read_checkpoint(path))
+    bad = nonfinite_keys(weights)
+    if bad:  # as load_pretrained: a warning, since a user may be inspecting a diverged run on purpose
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        warnings.warn(f"{path}: {len(bad)} tensor(s) hold NaN or Inf values: {shown}", stacklevel=2)
     return {**(pretrained_cfg_overlay or {}), "state_dict": weights}
