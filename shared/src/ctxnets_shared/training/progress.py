@@ -168,6 +168,7 @@ def plot_metrics(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     if isinstance(records, (str, os.PathLike)):
         records = read_metrics(records)
@@ -186,6 +187,7 @@ def plot_metrics(
         ax.plot(xs, ys, marker="." if len(pts) < 30 else None)
         ax.set_title(key)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     if not series:
         flat[0].text(0.5, 0.5, f"no data for {', '.join(keys)}", ha="center", va="center")
