@@ -225,13 +225,12 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo, stop: StopOnSignal) -> CARE:
     )
     seed_everything(cfg.seed, info.rank)
 
-    sample = splits.train[0][0]  # (2 views, C, H, W): the size actually trained
-
     def two_views() -> tuple[torch.Tensor, torch.Tensor]:
-        views = torch.stack([sample] * 2)  # (2 samples, 2 views, C, H, W)
+        views = torch.stack([splits.train[0][0]] * 2)  # (2 samples, 2 views, C, H, W)
         return views[:, 0], views[:, 1]
 
     check_input_fits(model, two_views, f"--img-size {cfg.img_size}")
+    trained_size = int(splits.train[0][0].shape[-1])  # what the model sees, for config.json
     if info.distributed:
         model.convert_sync_batchnorm(lambda m: convert_sync_batchnorm(m, info.device))
     ddp = wrap_model(model, info, sync_bn=False)
@@ -248,7 +247,7 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo, stop: StopOnSignal) -> CARE:
     if info.is_main and (not cfg.resume or not (out / "config.json").is_file()):
         # a resume keeps the run's config.json (the settings that count are the saved ones)
         resolved = {
-            "img_size": int(sample.shape[-1]),
+            "img_size": trained_size,
             "lr": base_lr,
             "device": str(info.device),
             "amp": use_amp,

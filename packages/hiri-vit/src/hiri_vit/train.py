@@ -242,8 +242,8 @@ def _train_locked(a: argparse.Namespace, info: DistInfo, stop: StopOnSignal) -> 
     std = tuple(cfg.std) if cfg is not None else (0.229, 0.224, 0.225)
     splits = build_datasets(a.data, img_size=a.img_size, in_chans=a.in_chans, seed=a.seed, mean=mean, std=std)
     model, model_args = _create_model(a, splits.num_classes)
-    sample = splits.train[0][0]  # (C, H, W): the size actually trained
-    check_input_fits(model, lambda: (torch.stack([sample] * 2),), f"--img-size {a.img_size}")
+    check_input_fits(model, lambda: (torch.stack([splits.train[0][0]] * 2),), f"--img-size {a.img_size}")
+    trained_size = int(splits.train[0][0].shape[-1])  # what the model sees, for config.json
 
     sampler = ResumableDistributedSampler(splits.train, info, a.batch_size, seed=a.seed, drop_last=True)
     loader = make_loader(splits.train, a.batch_size, sampler, num_workers=a.workers)
@@ -295,7 +295,7 @@ def _train_locked(a: argparse.Namespace, info: DistInfo, stop: StopOnSignal) -> 
         if resume_from is None or not (out / "config.json").is_file():
             # a resume keeps the run's config.json (the settings that count are the checkpoint's)
             resolved = {
-                "img_size": int(sample.shape[-1]),
+                "img_size": trained_size,
                 "device": str(info.device),
                 "amp": use_amp,
                 "amp_dtype": "bfloat16" if use_amp else None,
