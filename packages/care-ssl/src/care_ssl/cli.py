@@ -15,6 +15,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["build_parser", "main"]
 
@@ -25,7 +26,7 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
     from care_ssl.tstream import POS_EMBEDS
     from ctxnets_shared.training import add_run_args
 
-    d = {f.name: f.default for f in dataclasses.fields(PretrainConfig)}
+    d: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(PretrainConfig)}
     a = p.add_argument
     a("--model", required=True, help="timm backbone name from any installed package, e.g. resnet50")
     a("--data", required=True, help="an ImageFolder path, or 'digits' (embedded, no download)")
@@ -214,7 +215,16 @@ def _export(args: argparse.Namespace) -> int:
             cfg = json.loads(cfg_path.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{cfg_path} is not valid JSON: {e}") from e
-        needed = ("model", "img_size", "in_chans", "mode", "depth", "pos_embed", "design", "hidden_dim")
+        needed: tuple[str, ...] = (
+            "model",
+            "img_size",
+            "in_chans",
+            "mode",
+            "depth",
+            "pos_embed",
+            "design",
+            "hidden_dim",
+        )
         needed += ("proj_dim", "heads", "dim_head")
         if not isinstance(cfg, dict) or any(k not in cfg for k in needed):
             raise ValueError(
