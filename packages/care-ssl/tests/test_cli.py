@@ -102,6 +102,13 @@ def test_bad_shared_flags_are_refused_by_the_parser(argv: list[str], message: st
     assert re.search(re.escape(message), capsys.readouterr().err)
 
 
-def test_old_spelling_with_a_negative_count_is_one_line(tmp_path, capsys) -> None:
-    assert main(["pretrain", *REQUIRED, "--num-workers", "-1", "--out", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.strip() == "care-ssl pretrain: error: --workers must be >= 0, got -1"
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--num-workers", "-1"], "--workers must be >= 0, got -1"),  # the old spelling, same check
+        (["--warmup-epochs", "-1"], "--warmup-epochs must be >= 0, got -1.0"),
+    ],
+)
+def test_negative_counts_are_one_line(argv: list[str], message: str, tmp_path, capsys) -> None:
+    assert main(["pretrain", *REQUIRED, *argv, "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"care-ssl pretrain: error: {message}"

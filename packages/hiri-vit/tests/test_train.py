@@ -81,6 +81,7 @@ def test_resume_equals_uninterrupted_and_timm_reads_the_model(tmp_path: Path, on
         (["--batch-size", "7"], "must be even"),
         (["--img-size", "0"], "--img-size must be at least 1"),
         (["--alpha", "2"], "--alpha must be in [0, 1]"),
+        (["--warmup-epochs", "-1"], "--warmup-epochs must be >= 0, got -1.0"),
         (["--resume"], "no checkpoint"),
     ],
 )

@@ -150,6 +150,8 @@ def _pretrain(args: argparse.Namespace) -> int:
             "--batch-size must be at least 2: the BatchNorm layers of the backbone and the BYOL heads need "
             "two or more samples per batch in training"
         )
+    if values["warmup_epochs"] < 0:
+        raise ValueError(f"--warmup-epochs must be >= 0, got {values['warmup_epochs']}")
     if values["workers"] < 0:
         raise ValueError(f"--workers must be >= 0, got {values['workers']}")
     if values["epochs"] < 0 or (values["max_steps"] is not None and values["max_steps"] < 1):
