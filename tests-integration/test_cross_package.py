@@ -115,17 +115,40 @@ def test_ema_distillation_trains_a_cotnet(tmp_path: Path) -> None:
     """hiri-vit's training command (EMA distillation, Mixup/CutMix) on a model of another package."""
     exe = shutil.which("hiri-vit")
     assert exe, "the hiri-vit console script is not installed"
-    cmd = [exe, "train", "--model", "cotnet50", "--img-size", "32", "--max-steps", "2", "--batch-size", "4"]
-    cmd += ["--ema-distill", "--no-progress", "--no-eval", "--out", str(tmp_path)]
+    cmd = [exe, "train", "--model", "cotnet50", "--data", "digits", "--img-size", "32", "--max-steps", "2"]
+    cmd += ["--batch-size", "4", "--ema-distill", "--no-progress", "--no-eval", "--out", str(tmp_path)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["model"] == "cotnet50" and summary["steps"] == 2
     assert (tmp_path / "teacher" / "model.safetensors").is_file()
+    discover_packages()  # registers cotnet50 in this process too
     student = timm.create_model(f"local-dir:{tmp_path / 'model'}", pretrained=True)
     start = timm.create_model("cotnet50", num_classes=student.num_classes)
     moved = [k for k, v in student.state_dict().items() if v.is_floating_point() and k in start.state_dict()]
     assert moved, "no weights in the trained model"
+
+
+def test_both_training_commands_spell_the_shared_flags_the_same() -> None:
+    """hiri-vit train and care-ssl pretrain: the same option strings, types, defaults-in-help for the
+    flags they share; --model and --data required in both."""
+    import argparse
+
+    from care_ssl.cli import build_parser as care_parser
+    from hiri_vit.train import build_parser as hiri_parser
+
+    def actions(parser: argparse.ArgumentParser, command: str) -> dict[str, argparse.Action]:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        shown = [a for a in sub.choices[command]._actions if a.help is not argparse.SUPPRESS]
+        return {a.dest: a for a in shown}
+
+    hiri, care = actions(hiri_parser(), "train"), actions(care_parser(), "pretrain")
+    for dest in ("device", "workers", "amp", "warmup_epochs", "no_progress"):
+        h, c = hiri[dest], care[dest]
+        assert h.option_strings == c.option_strings and type(h) is type(c) and h.type is c.type, dest
+    assert hiri["amp"].option_strings == ["--amp", "--no-amp"]
+    for dest in ("model", "data"):
+        assert hiri[dest].required and care[dest].required, dest
 
 
 @pytest.mark.parametrize("name", ["cotnet50", "gc_resnet50", "hiri_vit_s", "container_v1_light"])

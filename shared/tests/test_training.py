@@ -21,16 +21,19 @@ from ctxnets_shared.training import (
     AugmentedDataset,
     Checkpointer,
     DataError,
+    DefaultsHelpFormatter,
     DigitsDataset,
     DistInfo,
     ImageFolderDataset,
     MetricLogger,
     ResumableDistributedSampler,
+    add_run_args,
     build_datasets,
     capture_rng_state,
     load_checkpoint,
     plot_metrics,
     read_metrics,
+    resolve_device,
     restore_rng_state,
     save_checkpoint,
 )
@@ -233,6 +236,63 @@ def test_metric_logger_trims_on_resume_and_plots(tmp_path: Path) -> None:
     assert [r["step"] for r in recs] == [1, 2, 3] and recs[0]["lr"] == pytest.approx(0.1)
     png = plot_metrics(tmp_path / "m.jsonl", tmp_path / "m.png", ["loss", "knn"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as im:
+        return im.size
+
+
+def test_plot_metrics_is_a_grid_and_hides_keys_without_data(tmp_path: Path) -> None:
+    records = [{"step": s, "a": s, "b": -s, "c": s * s, "d": 1.0, "e": 2.0, "f": None} for s in range(1, 5)]
+    one = _png_size(plot_metrics(records, tmp_path / "one.png", ["a"]))
+    # a key with no data (missing, or only None) gets no panel: the figure is the one-panel figure
+    assert _png_size(plot_metrics(records, tmp_path / "hidden.png", ["a", "missing", "f"])) == one
+    # five panels: three side by side, two rows (not a strip five panels wide)
+    w, h = _png_size(plot_metrics(records, tmp_path / "five.png", list("abcde")))
+    assert w == pytest.approx(3 * one[0], rel=0.05) and h == pytest.approx(2 * one[1], rel=0.05)
+    w, h = _png_size(plot_metrics(records, tmp_path / "four.png", list("abcd")))  # 2 x 2
+    assert w == pytest.approx(2 * one[0], rel=0.05) and h == pytest.approx(2 * one[1], rel=0.05)
+    # no key has data: still a PNG (one panel saying so), not an error
+    assert _png_size(plot_metrics(records, tmp_path / "none.png", ["missing"])) == one
+    with pytest.raises(ValueError, match="at least one key"):
+        plot_metrics(records, tmp_path / "x.png", [])
+
+
+# ---- shared command-line flags --------------------------------------------------------------------------
+
+
+def test_run_args_have_one_spelling_and_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="t", formatter_class=DefaultsHelpFormatter)
+    add_run_args(
+        p, amp=False, amp_help="bf16", warmup_epochs=None, warmup_help="5%% of the steps", progress=True
+    )
+    a = p.parse_args([])
+    assert (a.device, a.workers, a.amp, a.warmup_epochs, a.no_progress) == ("auto", 0, False, None, False)
+    a = p.parse_args(
+        ["--device", "cuda:1", "--workers", "4", "--amp", "--warmup-epochs", "2.5", "--no-progress"]
+    )
+    assert (a.device, a.workers, a.amp, a.warmup_epochs, a.no_progress) == ("cuda:1", 4, True, 2.5, True)
+    assert p.parse_args(["--no-amp"]).amp is False
+    assert resolve_device("auto") is None and resolve_device("cpu") == "cpu"
+    for bad, message in (
+        (["--device", "gpu"], "expected auto, cpu, cuda or cuda:N"),
+        (["--workers", "-2"], ">= 0"),
+    ):
+        with pytest.raises(SystemExit):
+            p.parse_args(bad)
+        assert message in capsys.readouterr().err
+    text = " ".join(p.format_help().split())
+    assert "--amp, --no-amp bf16 (default: False)" in text  # a --x/--no-x pair shows its default
+    assert "--workers WORKERS DataLoader worker processes (per process) (default: 0)" in text
+    assert "--warmup-epochs WARMUP_EPOCHS 5% of the steps" in text and "(default: None)" not in text
+    assert text.endswith("--no-progress no progress bar")  # a plain switch: no "(default: False)"
+    # the flags left out are not there
+    q = argparse.ArgumentParser()
+    add_run_args(q)
+    assert {s for a in q._actions for s in a.option_strings} == {"-h", "--help", "--device", "--workers"}
 
 
 # ---- exact resume ---------------------------------------------------------------------------------------

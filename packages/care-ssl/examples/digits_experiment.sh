@@ -4,8 +4,8 @@
 set -euo pipefail
 OUT=${OUT:-care-digits}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-COMMON=(--model resnet18 --img-size 32 --epochs 10 --batch-size 64 --lr 0.1 --seed 0 --knn-every 44 --device cpu)
-PROBE=(--img-size 32 --epochs 30 --seed 0)
+COMMON=(--model resnet18 --data digits --img-size 32 --epochs 10 --batch-size 64 --lr 0.1 --seed 0 --knn-every 44 --device cpu)
+PROBE=(--data digits --img-size 32 --epochs 30 --seed 0)
 
 care-ssl pretrain "${COMMON[@]}" --mode care --out "$OUT/care" &
 care-ssl pretrain "${COMMON[@]}" --mode byol --out "$OUT/byol" &

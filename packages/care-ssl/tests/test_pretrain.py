@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from PIL import Image
 
 from care_ssl.cli import main
 from ctxnets_shared.training import load_checkpoint, read_metrics
@@ -22,7 +23,7 @@ from ctxnets_shared.weights import load_pretrained, load_safetensors
 HERE = Path(__file__).parent
 # resnet18 at 32 px with thin heads and a 2-block T-stream: seconds per run on a shared CPU
 TINY = [
-    "--model", "resnet18", "--img-size", "32", "--batch-size", "16", "--hidden-dim", "64",
+    "--model", "resnet18", "--data", "digits", "--img-size", "32", "--batch-size", "16", "--hidden-dim", "64",
     "--proj-dim", "32", "--depth", "2", "--heads", "2", "--dim-head", "16", "--device", "cpu",
 ]  # fmt: skip
 
@@ -54,14 +55,18 @@ def test_pretraining_a_few_steps_lowers_the_loss_and_writes_the_run(tmp_path: Pa
     assert first["momentum"] == pytest.approx(0.99, abs=1e-6)
     assert last["momentum"] == pytest.approx(1 - 0.01 * (math.cos(math.pi * 11 / 12) + 1) / 2, abs=1e-6)
     assert 0 <= last["knn_acc"] <= 100
-    assert (out / "metrics.png").stat().st_size > 1000
+    # metrics.png: a grid of the six panels (loss, L_c, L_t, L_att, kNN, lr), three side by side
+    with Image.open(out / "metrics.png") as png:
+        width, height = png.size
+    assert width <= 3 * 480 and 2 * 320 <= height <= 2 * 400, png.size
     # the exported backbone is the checkpoint's online backbone
     bb = load_pretrained(out / "backbone")
     ckpt = final_weights(out)
     for k, v in bb.state_dict().items():
         torch.testing.assert_close(v, ckpt[f"backbone.model.{k}"], rtol=0, atol=0)
     # probe it (kNN + linear) through the command
-    assert main(["probe", "--weights", str(out / "backbone"), "--img-size", "32", "--epochs", "2"]) == 0
+    probe = ["probe", "--weights", str(out / "backbone"), "--data", "digits", "--img-size", "32"]
+    assert main([*probe, "--epochs", "2", "--device", "cpu"]) == 0
 
 
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
@@ -115,6 +120,12 @@ def test_two_process_torchrun_on_cpu_keeps_ranks_identical(tmp_path: Path) -> No
 def test_export_command_from_a_run_and_timm_load(tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert main(["pretrain", *TINY, "--max-steps", "1", "--out", str(run), "--mode", "byol"]) == 0
+    # config.json records what the run resolved: the paper's lr 0.05 x 16 / 256, the device, AMP off on
+    # the CPU, the image size and the digits crop scale
+    config = json.loads((run / "config.json").read_text())
+    assert config["lr"] == pytest.approx(0.05 * 16 / 256) and config["device"] == "cpu"
+    assert config["amp"] is False and config["img_size"] == 32 and config["crop_scale"] == [0.3, 1.0]
+    assert config["world_size"] == 1 and config["total_steps"] == 1 and config["warmup_steps"] == 0
     assert main(["export", "--run", str(run), "--out", str(tmp_path / "bb")]) == 0
     model = timm.create_model(f"local-dir:{tmp_path / 'bb'}", pretrained=True).eval()
     ref = load_pretrained(run / "backbone")
@@ -137,7 +148,8 @@ def test_user_mistakes_give_one_error_line(
 ) -> None:
     (tmp_path / "empty").mkdir()
     args = [a.format(empty=tmp_path / "empty", missing=tmp_path / "missing") for a in args]
-    assert main(["pretrain", "--img-size", "32", "--out", str(tmp_path / "o"), *args]) == 2
+    base = ["pretrain", "--model", "resnet18", "--data", "digits", "--img-size", "32"]
+    assert main([*base, "--out", str(tmp_path / "o"), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("care-ssl pretrain: error: "), err
     import re
@@ -147,6 +159,8 @@ def test_user_mistakes_give_one_error_line(
 
 def test_console_script_exit_status(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    done = run_cli("pretrain", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o"))
+    done = run_cli(
+        "pretrain", "--model", "resnet18", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o")
+    )
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "error" in done.stderr

@@ -14,6 +14,7 @@ if __name__ == "__main__":
     out = Path(sys.argv[1])
     cfg = PretrainConfig(
         model="resnet18",
+        data="digits",
         out=str(out),
         img_size=32,
         epochs=1,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from ctxnets_shared.training import RunLock
+from ctxnets_shared.training import RunLock, find_latest_checkpoint
 from hiri_vit.train import main
 
 
@@ -109,6 +110,36 @@ def test_resume_with_a_changed_setting_is_refused(
         == f"hiri-vit train: error: cannot resume: {message} (start a new --out to change it)"
     )
     assert sorted(p.name for p in (saved_run / "checkpoints").iterdir()) == before
+
+
+def test_resume_of_a_run_saved_before_the_warmup_rename_is_one_line(
+    data: Path, saved_run: Path, tmp_path: Path, capsys
+) -> None:
+    # runs saved before --warmup-steps became --warmup-epochs record warmup_steps
+    old = tmp_path / "old"
+    shutil.copytree(saved_run, old)
+    state = find_latest_checkpoint(old / "checkpoints")
+    assert state is not None
+    doc = json.loads(state.read_text())
+    settings = doc["state"]["progress"]["settings"]
+    del settings["warmup_epochs"]
+    settings["warmup_steps"] = None
+    state.write_text(json.dumps(doc))
+    assert main(args(data, old, "--resume")) == 2
+    assert one_error_line(capsys) == (
+        "hiri-vit train: error: cannot resume: the saved run does not record --warmup-epochs "
+        "(a checkpoint from an older version?)"
+    )
+
+
+def test_warmup_epochs_warm_up_over_that_many_epochs_of_steps(data: Path, tmp_path: Path) -> None:
+    # 3 steps per epoch: one epoch of warm-up is 3 steps rising linearly from lr / 1000 towards lr
+    assert main(args(data, tmp_path, "--warmup-epochs", "1", "--max-steps", "4", "--no-eval")) == 0
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    peak, start = 1e-3, 1e-6
+    assert lrs[:3] == pytest.approx([start, start + (peak - start) / 3, start + 2 * (peak - start) / 3])
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert (config["warmup_epochs"], config["warmup_steps"], config["steps_per_epoch"]) == (1.0, 3, 3)
 
 
 def test_a_second_run_on_the_same_out_is_refused(data: Path, tmp_path: Path, capsys) -> None:

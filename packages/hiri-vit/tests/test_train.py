@@ -11,13 +11,15 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from ctxnets_shared.training import load_checkpoint
-from hiri_vit.train import main
+from hiri_vit.train import RESUME_KEYS, build_parser, main
 
 # resnet10t is small; 32x32 digits, 8 per batch keep each step cheap on CPU
-BASE = ["train", "--model", "resnet10t", "--img-size", "32", "--batch-size", "8", "--no-progress"]
+BASE = ["train", "--model", "resnet10t", "--data", "digits", "--img-size", "32", "--batch-size", "8"]
+BASE += ["--no-progress"]
 BASE += ["--ema-decay", "0.9", "--eval"]
 
 
@@ -79,6 +81,7 @@ def test_resume_equals_uninterrupted_and_timm_reads_the_model(tmp_path: Path, on
         (["--batch-size", "7"], "must be even"),
         (["--img-size", "0"], "--img-size must be at least 1"),
         (["--alpha", "2"], "--alpha must be in [0, 1]"),
+        (["--warmup-epochs", "-1"], "--warmup-epochs must be >= 0, got -1.0"),
         (["--resume"], "no checkpoint"),
     ],
 )
@@ -97,3 +100,64 @@ def test_without_distillation_or_mixing(tmp_path: Path) -> None:
     assert main([*args, "--out", str(tmp_path)]) == 0
     assert not (tmp_path / "teacher").exists() and (tmp_path / "model" / "model.safetensors").is_file()
     assert "distiller" not in load_checkpoint(tmp_path / "checkpoints")["objects"]
+    # config.json: every flag, and what the run resolved (device, AMP off on the CPU, the size trained)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model"] == "resnet10t" and config["data"] == "digits" and config["lr"] == 1e-3
+    assert config["img_size"] == 32 and config["device"] == "cpu" and config["amp"] is False
+    assert config["total_steps"] == 1 and config["warmup_steps"] == 1  # 5% of 1 step, at least one
+    assert config["world_size"] == 1 and config["global_batch_size"] == 8
+    # metrics.png: loss and lr only (no validation ran: its panels are hidden), side by side
+    with Image.open(tmp_path / "metrics.png") as png:
+        width, height = png.size
+    assert 2 * 400 <= width <= 2 * 480 and height <= 400, png.size
+
+
+def help_text(capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["train", "--help"])
+    assert e.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+
+
+def test_help_shows_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    text = help_text(capsys)
+    for shown in [
+        "--img-size IMG_SIZE square input side (default: 32)",
+        "--batch-size BATCH_SIZE per process (default: 32)",
+        "--lr LR AdamW peak learning rate (not scaled by the batch) (default: 0.001)",
+        "--amp, --no-amp bfloat16 autocast on CUDA (no effect on the CPU) (default: False)",
+        "--warmup-epochs WARMUP_EPOCHS linear warm-up from lr/1000 (default: 5% of the steps)",
+        "--ema-distill, --no-ema-distill EMA distillation (default: True)",
+        "(default: auto)",
+        "--workers WORKERS DataLoader worker processes (per process) (default: 0)",
+        "--no-progress no progress bar",
+    ]:
+        assert shown in text, shown
+    assert "--warmup-steps" not in text and "--stop-after" not in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--data", "digits"], "the following arguments are required: --model"),
+        (["train", "--model", "resnet10t"], "the following arguments are required: --data"),
+        (["train", *BASE[1:], "--warmup-steps", "5"], "unrecognized arguments: --warmup-steps 5"),
+        (["train", *BASE[1:], "--device", "gpu"], "expected auto, cpu, cuda or cuda:N, got 'gpu'"),
+    ],
+)
+def test_parser_refuses(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_shared_flags() -> None:
+    a = build_parser().parse_args(BASE)
+    assert (a.workers, a.amp, a.device, a.warmup_epochs, a.no_progress) == (0, False, "auto", None, True)
+    a = build_parser().parse_args(
+        [*BASE, "--amp", "--workers", "2", "--device", "cpu", "--warmup-epochs", "5"]
+    )
+    assert (a.amp, a.workers, a.device, a.warmup_epochs) == (True, 2, "cpu", 5.0)
+    assert build_parser().parse_args([*BASE, "--amp", "--no-amp"]).amp is False
+    assert "warmup_epochs" in RESUME_KEYS and "amp" in RESUME_KEYS and "warmup_steps" not in RESUME_KEYS
+    assert {"workers", "device", "no_progress"}.isdisjoint(RESUME_KEYS)

@@ -128,10 +128,12 @@ def probe_backbone(
     seed: int = 0,
     k: int = 20,
     device: str | torch.device = "cpu",
+    workers: int = 0,
 ) -> dict[str, float]:
     """kNN and linear-probe top-1 (%) of a frozen backbone on ``data`` (train split -> val split).
 
-    Images are un-augmented (the dataset's evaluation transform) for both splits.
+    Images are un-augmented (the dataset's evaluation transform) for both splits; ``workers`` DataLoader
+    processes read them.
     """
     from ctxnets_shared.training import build_datasets, make_loader
     from ctxnets_shared.training.transforms import Transform
@@ -140,8 +142,11 @@ def probe_backbone(
     assert isinstance(plain_tf, Transform)
     splits = build_datasets(data, img_size=img_size, in_chans=in_chans, seed=seed, train_transform=plain_tf)
     backbone = backbone.to(device)
-    f_tr, y_tr = extract_features(backbone, make_loader(splits.train, batch_size, drop_last=False), device)
-    f_va, y_va = extract_features(backbone, make_loader(splits.val, batch_size, drop_last=False), device)
+    loaders = [
+        make_loader(s, batch_size, num_workers=workers, drop_last=False) for s in (splits.train, splits.val)
+    ]
+    f_tr, y_tr = extract_features(backbone, loaders[0], device)
+    f_va, y_va = extract_features(backbone, loaders[1], device)
     probe = linear_probe(f_tr, y_tr, f_va, y_va, epochs=epochs, seed=seed)
     return {
         "knn_acc": knn_accuracy(f_tr, y_tr, f_va, y_va, k=k),

@@ -45,6 +45,7 @@ from ctxnets_shared.training import (
     init_distributed,
     make_loader,
     plot_metrics,
+    resolve_device,
     saved_settings,
     seed_everything,
     wrap_model,
@@ -56,15 +57,22 @@ from ctxnets_shared.weights import atomic_write, remove_stale_temp_files
 __all__ = ["RESUME_KEYS", "PretrainConfig", "learning_rate", "pretrain"]
 
 _DIGITS = "digits"
-_PLOTTED = {"care": ["loss", "loss_c", "loss_t", "loss_att", "knn_acc"], "byol": ["loss", "knn_acc"]}
+#: the panels of metrics.png per mode
+_PLOTTED = {
+    "care": ["loss", "loss_c", "loss_t", "loss_att", "knn_acc", "lr"],
+    "byol": ["loss", "knn_acc", "lr"],
+}
 
 
 @dataclass
 class PretrainConfig:
-    """Everything ``care-ssl pretrain`` takes (flag names are the field names with dashes)."""
+    """Everything ``care-ssl pretrain`` takes (flag names are the field names with dashes).
 
-    model: str = "resnet18"
-    data: str = _DIGITS
+    ``model`` (a timm backbone name) and ``data`` (an ImageFolder path or ``"digits"``) have no default.
+    """
+
+    model: str
+    data: str
     out: str = "care-run"
     img_size: int = 64
     epochs: int = 10
@@ -89,10 +97,11 @@ class PretrainConfig:
     knn_every: int = 0
     log_every: int = 1
     resume: str | None = None
-    device: str | None = None
+    device: str | None = "auto"
     amp: bool = True
-    num_workers: int = 0
+    workers: int = 0
     crop_scale: tuple[float, float] | None = None
+    no_progress: bool = False
 
     def settings(self) -> dict[str, Any]:
         """The fields in :data:`RESUME_KEYS`, as JSON values (what a checkpoint records)."""
@@ -105,11 +114,11 @@ class PretrainConfig:
 
 
 #: the settings that change the result (weights or metrics.jsonl): a resume must keep each. The others
-#: (--out, --resume, --device, --num-workers, --save-every) may change.
+#: (--out, --resume, --device, --workers, --save-every, --no-progress) may change.
 RESUME_KEYS = tuple(
     f.name
     for f in dataclasses.fields(PretrainConfig)
-    if f.name not in ("out", "resume", "device", "num_workers", "save_every")
+    if f.name not in ("out", "resume", "device", "workers", "save_every", "no_progress")
 )
 
 
@@ -147,11 +156,13 @@ def _knn(model: CARE, bank: Any, val: Any, info: DistInfo, batch_size: int, epoc
 def pretrain(cfg: PretrainConfig) -> CARE:
     """Run pretraining as configured; returns the (unwrapped) CARE model of this process.
 
-    Writes into ``cfg.out``: ``checkpoints/`` (atomic safetensors + JSON state), ``metrics.jsonl`` (step,
-    losses, lr, momentum, kNN accuracy), ``metrics.png`` and, at the end, ``backbone/`` (the exported
-    online backbone) and ``config.json``.
+    Writes into ``cfg.out``: ``config.json`` (the settings as resolved: the lr after batch scaling, the
+    device, whether mixed precision is on, the image size and crop scale trained, the warm-up and total
+    steps), ``checkpoints/`` (atomic safetensors + JSON state), ``metrics.jsonl`` (step, losses, lr,
+    momentum, kNN accuracy) and, at the end, ``metrics.png`` and ``backbone/`` (the exported online
+    backbone).
     """
-    info = init_distributed(cfg.device)
+    info = init_distributed(resolve_device(cfg.device))
     try:
         with RunLock(cfg.out, enabled=info.is_main), StopOnSignal() as stop:
             return _pretrain(cfg, info, stop)
@@ -182,7 +193,7 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo, stop: StopOnSignal) -> CARE:
         cfg.data, img_size=cfg.img_size, in_chans=cfg.in_chans, seed=cfg.seed, train_transform=plain_tf
     ).train
     sampler = ResumableDistributedSampler(splits.train, info, cfg.batch_size, seed=cfg.seed, drop_last=True)
-    loader = make_loader(splits.train, cfg.batch_size, sampler, num_workers=cfg.num_workers, drop_last=True)
+    loader = make_loader(splits.train, cfg.batch_size, sampler, num_workers=cfg.workers, drop_last=True)
     steps_per_epoch = len(sampler) // cfg.batch_size
     if steps_per_epoch < 1:
         raise ValueError(
@@ -219,6 +230,7 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo, stop: StopOnSignal) -> CARE:
         return views[:, 0], views[:, 1]
 
     check_input_fits(model, two_views, f"--img-size {cfg.img_size}")
+    trained_size = int(splits.train[0][0].shape[-1])  # what the model sees, for config.json
     if info.distributed:
         model.convert_sync_batchnorm(lambda m: convert_sync_batchnorm(m, info.device))
     ddp = wrap_model(model, info, sync_bn=False)
@@ -234,14 +246,32 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo, stop: StopOnSignal) -> CARE:
         print(f"resuming from step {start.step}", file=sys.stderr, flush=True)
     if info.is_main and (not cfg.resume or not (out / "config.json").is_file()):
         # a resume keeps the run's config.json (the settings that count are the saved ones)
+        resolved = {
+            "img_size": trained_size,
+            "lr": base_lr,
+            "device": str(info.device),
+            "amp": use_amp,
+            "crop_scale": list(scale),
+            "warmup_epochs": warmup / steps_per_epoch,
+            "warmup_steps": warmup,
+            "total_steps": total,
+            "steps_per_epoch": steps_per_epoch,
+            "world_size": info.world_size,
+            "global_batch_size": cfg.batch_size * info.world_size,
+        }
         with atomic_write(out / "config.json", "w") as f:
-            json.dump(dataclasses.asdict(cfg), f, indent=2)
+            json.dump({**dataclasses.asdict(cfg), **resolved}, f, indent=2)
     logger = MetricLogger(
         out / "metrics.jsonl", enabled=info.is_main, resume_step=start.step if cfg.resume else None
     )
 
     step, epoch = start.step, start.epoch
-    bar = Progress(total=total, desc=f"{cfg.mode} {cfg.model}", enabled=info.is_main, initial=step)
+    bar = Progress(
+        total=total,
+        desc=f"{cfg.mode} {cfg.model}",
+        enabled=info.is_main and not cfg.no_progress,
+        initial=step,
+    )
     batch_in_epoch = start.batch_in_epoch
     while step < total:
         sampler.set_position(epoch, batch_in_epoch)
@@ -296,9 +326,7 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo, stop: StopOnSignal) -> CARE:
         plot_metrics(
             out / "metrics.jsonl",
             out / "metrics.png",
-            ["loss", "loss_c", "loss_t", "loss_att", "knn_acc"]
-            if cfg.mode == "care"
-            else ["loss", "knn_acc"],
+            _PLOTTED[cfg.mode],
             title=f"{cfg.mode} pretraining, {cfg.model}",
         )
     barrier(info)

@@ -1,19 +1,21 @@
 """``hiri-vit train``: train any timm classifier with optional EMA distillation (paper Section 4.5).
 
-Data: an ImageFolder, or by default scikit-learn's bundled digits (no download). timm's Mixup/CutMix in
-batch mode, AdamW with a warm-up + cosine schedule, tqdm progress bars, JSON-lines metrics, atomic
-safetensors checkpoints and an exact ``--resume``. Runs as one process or under ``torchrun`` (DDP with
-synchronised BatchNorm; gloo on CPU, nccl on CUDA). Needs the ``train`` extra:
+Data: an ImageFolder, or ``--data digits`` (scikit-learn's bundled digits, no download). timm's
+Mixup/CutMix in batch mode, AdamW with a warm-up + cosine schedule, tqdm progress bars, JSON-lines
+metrics, atomic safetensors checkpoints and an exact ``--resume``. Runs as one process or under
+``torchrun`` (DDP with synchronised BatchNorm; gloo on CPU, nccl on CUDA). Needs the ``train`` extra:
 ``pip install "hiri-vit[train]"``.
 
-    hiri-vit train --model resnet10t --img-size 32 --epochs 2 --out runs/digits
-    torchrun --nproc_per_node 2 -m hiri_vit.train train --model resnet10t --out runs/ddp
+    hiri-vit train --model resnet10t --data digits --img-size 32 --epochs 2 --out runs/digits
+    torchrun --nproc_per_node 2 -m hiri_vit.train train --model resnet10t --data digits --out runs/ddp
     hiri-vit train ... --out runs/digits --resume          # continue where it stopped
 
-``--batch-size`` is per process. The run folder holds ``checkpoints/`` (``ckpt-<step>.safetensors`` +
-``.json``, ``latest.json``), ``metrics.jsonl``, ``model/`` (timm local-dir layout, also ``teacher/``
-with EMA distillation), ``summary.json`` and, while a run trains into it, ``run.lock`` (a second run on
-the same ``--out`` is refused).
+``--model`` and ``--data`` have no default; ``--batch-size`` is per process. The run folder holds
+``config.json`` (every flag, with the values the run resolved: image size, device, mixed precision on or
+off, warm-up and total steps), ``checkpoints/`` (``ckpt-<step>.safetensors`` + ``.json``,
+``latest.json``), ``metrics.jsonl``, ``metrics.png`` (loss, lr and val accuracy against the step),
+``model/`` (timm local-dir layout, also ``teacher/`` with EMA distillation), ``summary.json`` and, while a
+run trains into it, ``run.lock`` (a second run on the same ``--out`` is refused).
 
 ``--resume`` refuses in one line any setting in :data:`RESUME_KEYS` that differs from the saved run's
 (they change the result); the others (``--out``, ``--save-every``, ``--workers``, ``--device``,
@@ -44,6 +46,7 @@ from timm.scheduler import CosineLRScheduler
 from ctxnets_shared.packages import discover_packages
 from ctxnets_shared.training import (
     Checkpointer,
+    DefaultsHelpFormatter,
     DistInfo,
     MetricLogger,
     Progress,
@@ -52,6 +55,7 @@ from ctxnets_shared.training import (
     RunLock,
     StopOnSignal,
     TrainingInterrupted,
+    add_run_args,
     all_gather_object,
     all_reduce_mean,
     build_datasets,
@@ -61,6 +65,8 @@ from ctxnets_shared.training import (
     find_latest_checkpoint,
     init_distributed,
     make_loader,
+    plot_metrics,
+    resolve_device,
     saved_settings,
     seed_everything,
     unwrap_model,
@@ -80,7 +86,7 @@ __all__ = ["RESUME_KEYS", "build_parser", "main", "train"]
 #: --max-steps and --epochs fix the length of the cosine schedule, --eval the metrics file's records.
 RESUME_KEYS = (
     "model", "data", "img_size", "in_chans", "epochs", "max_steps", "batch_size", "lr", "weight_decay",
-    "warmup_steps", "drop_path", "seed", "ema_distill", "alpha", "ema_decay", "mixup", "cutmix",
+    "warmup_epochs", "drop_path", "seed", "ema_distill", "alpha", "ema_decay", "mixup", "cutmix",
     "smoothing", "amp", "eval",
 )  # fmt: skip
 
@@ -90,31 +96,33 @@ class UsageError(ValueError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hiri-vit", description="HIRI-ViT tools.")
+    """The argument parser of ``hiri-vit`` (``hiri-vit train --help`` shows every default)."""
+    fmt = DefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="hiri-vit", description="HIRI-ViT tools.", formatter_class=fmt)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train a timm classifier, optionally with EMA distillation")
-    p.add_argument(
-        "--model", default="resnet10t", help="any timm model name (installed ctxnets packages too)"
+    p = sub.add_parser(
+        "train", help="train a timm classifier, optionally with EMA distillation", formatter_class=fmt
     )
-    p.add_argument("--data", default="digits", help="'digits' (embedded, default) or an ImageFolder path")
-    p.add_argument("--img-size", type=int, default=32)
-    p.add_argument("--in-chans", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
-    p.add_argument("--batch-size", type=int, default=32, help="per process")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--warmup-steps", type=int, default=None, help="default: 5%% of the steps")
-    p.add_argument("--drop-path", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ema-distill", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--alpha", type=float, default=0.5, help="weight of the mixed label (paper's alpha)")
-    p.add_argument("--ema-decay", type=float, default=0.9998)
-    p.add_argument("--mixup", type=float, default=0.8, help="Mixup alpha (0 disables)")
-    p.add_argument("--cutmix", type=float, default=1.0, help="CutMix alpha (0 disables)")
-    p.add_argument("--smoothing", type=float, default=0.1)
-    p.add_argument("--out", type=Path, default=Path("runs/hiri-vit-train"))
-    p.add_argument(
+    a = p.add_argument
+    a("--model", required=True, help="any timm model name (installed ctxnets packages too), e.g. hiri_vit_s")
+    a("--data", required=True, help="an ImageFolder path, or 'digits' (embedded, no download)")
+    a("--img-size", type=int, default=32, help="square input side")
+    a("--in-chans", type=int, default=3, help="input channels")
+    a("--epochs", type=int, default=10, help="epochs of the cosine schedule")
+    a("--max-steps", type=int, default=None, help="stop after this many optimizer steps (default: unset)")
+    a("--batch-size", type=int, default=32, help="per process")
+    a("--lr", type=float, default=1e-3, help="AdamW peak learning rate (not scaled by the batch)")
+    a("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
+    a("--drop-path", type=float, default=0.0, help="stochastic depth rate")
+    a("--seed", type=int, default=0, help="weights, data order and augmentation")
+    a("--ema-distill", action=argparse.BooleanOptionalAction, default=True, help="EMA distillation")
+    a("--alpha", type=float, default=0.5, help="weight of the mixed label (paper's alpha)")
+    a("--ema-decay", type=float, default=0.9998, help="EMA teacher decay")
+    a("--mixup", type=float, default=0.8, help="Mixup alpha (0 disables)")
+    a("--cutmix", type=float, default=1.0, help="CutMix alpha (0 disables)")
+    a("--smoothing", type=float, default=0.1, help="label smoothing")
+    a("--out", type=Path, default=Path("runs/hiri-vit-train"), help="run folder")
+    a(
         "--resume",
         nargs="?",
         const="",
@@ -122,16 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="continue from the latest checkpoint (of OUT/checkpoints, or of PATH)",
     )
-    p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (and at the end)")
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
-    p.add_argument(
-        "--eval", action=argparse.BooleanOptionalAction, default=True, help="val accuracy per epoch"
+    a("--save-every", type=int, default=100, help="checkpoint every N steps (and at the end)")
+    a("--eval", action=argparse.BooleanOptionalAction, default=True, help="val accuracy per epoch")
+    add_run_args(
+        p,
+        amp=False,
+        amp_help="bfloat16 autocast on CUDA (no effect on the CPU)",
+        warmup_epochs=None,
+        warmup_help="linear warm-up from lr/1000 (default: 5%% of the steps)",
+        progress=True,
     )
-    p.add_argument("--no-progress", action="store_true")
     # tests: stop after N steps as if killed, keeping the schedule of the full run
-    p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
+    a("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -157,6 +167,8 @@ def _check_args(a: argparse.Namespace) -> None:
         raise UsageError(f"Mixup/CutMix pairs samples: --batch-size must be even, got {a.batch_size}")
     if a.workers < 0:
         raise UsageError(f"--workers must be >= 0, got {a.workers}")
+    if a.warmup_epochs is not None and a.warmup_epochs < 0:
+        raise UsageError(f"--warmup-epochs must be >= 0, got {a.warmup_epochs}")
 
 
 def _check_model(name: str) -> None:
@@ -198,8 +210,7 @@ def _evaluate(model: nn.Module, loader: Any, info: DistInfo) -> float:
 def train(a: argparse.Namespace) -> dict[str, Any]:
     """Run the training described by parsed ``hiri-vit train`` arguments; returns the summary."""
     _check_args(a)
-    device = None if a.device == "auto" else a.device
-    info = init_distributed(device)
+    info = init_distributed(resolve_device(a.device))
     try:
         return _train(a, info)
     finally:
@@ -232,6 +243,7 @@ def _train_locked(a: argparse.Namespace, info: DistInfo, stop: StopOnSignal) -> 
     splits = build_datasets(a.data, img_size=a.img_size, in_chans=a.in_chans, seed=a.seed, mean=mean, std=std)
     model, model_args = _create_model(a, splits.num_classes)
     check_input_fits(model, lambda: (torch.stack([splits.train[0][0]] * 2),), f"--img-size {a.img_size}")
+    trained_size = int(splits.train[0][0].shape[-1])  # what the model sees, for config.json
 
     sampler = ResumableDistributedSampler(splits.train, info, a.batch_size, seed=a.seed, drop_last=True)
     loader = make_loader(splits.train, a.batch_size, sampler, num_workers=a.workers)
@@ -247,7 +259,10 @@ def _train_locked(a: argparse.Namespace, info: DistInfo, stop: StopOnSignal) -> 
     total_steps = a.epochs * steps_per_epoch
     if a.max_steps is not None:
         total_steps = min(total_steps, a.max_steps)
-    warmup = a.warmup_steps if a.warmup_steps is not None else max(1, total_steps // 20)
+    if a.warmup_epochs is not None:
+        warmup = min(round(a.warmup_epochs * steps_per_epoch), total_steps)
+    else:
+        warmup = max(1, total_steps // 20)
 
     distiller = None
     if a.ema_distill:
@@ -256,7 +271,7 @@ def _train_locked(a: argparse.Namespace, info: DistInfo, stop: StopOnSignal) -> 
     net = unwrap_model(ddp)
     opt = create_optimizer_v2(net, "adamw", lr=a.lr, weight_decay=a.weight_decay)
     sched = CosineLRScheduler(
-        opt, t_initial=total_steps, warmup_t=min(warmup, total_steps), warmup_lr_init=a.lr * 1e-3,
+        opt, t_initial=total_steps, warmup_t=warmup, warmup_lr_init=a.lr * 1e-3,
         lr_min=a.lr * 1e-2, t_in_epochs=False,
     )  # fmt: skip
     mixup = None
@@ -274,16 +289,34 @@ def _train_locked(a: argparse.Namespace, info: DistInfo, stop: StopOnSignal) -> 
         start = ckpt.resume(resume_from, objects)
         if info.is_main:
             print(f"resuming from step {start.step}", file=sys.stderr, flush=True)
+    use_amp = a.amp and info.device.type == "cuda"
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        if resume_from is None or not (out / "config.json").is_file():
+            # a resume keeps the run's config.json (the settings that count are the checkpoint's)
+            resolved = {
+                "img_size": trained_size,
+                "device": str(info.device),
+                "amp": use_amp,
+                "amp_dtype": "bfloat16" if use_amp else None,
+                "warmup_epochs": warmup / steps_per_epoch,
+                "warmup_steps": warmup,
+                "total_steps": total_steps,
+                "steps_per_epoch": steps_per_epoch,
+                "world_size": info.world_size,
+                "global_batch_size": a.batch_size * info.world_size,
+                "num_classes": splits.num_classes,
+                "mean": list(mean),
+                "std": list(std),
+            }
+            hidden = ("resume", "stop_after", "command")
+            flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k not in hidden}
+            with atomic_write(out / "config.json", "w") as f:
+                json.dump({**flags, **resolved}, f, indent=2)
     log = MetricLogger(
         out / "metrics.jsonl", enabled=info.is_main, resume_step=start.step if resume_from else None
     )
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if a.amp and info.device.type == "cuda"
-        else nullcontext()
-    )
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
 
     step, epoch, done = start.step, start.epoch, start.batch_in_epoch
     bar = Progress(
@@ -346,6 +379,12 @@ def _train_locked(a: argparse.Namespace, info: DistInfo, stop: StopOnSignal) -> 
     # every rank's weights fingerprint: DDP keeps them identical, and the summary shows that it did
     summary["weights_sha256"] = all_gather_object(_fingerprint(net), info)
     if info.is_main:
+        plot_metrics(
+            out / "metrics.jsonl",
+            out / "metrics.png",
+            ["loss", "lr", "val_acc", "teacher_val_acc"],
+            title=f"hiri-vit train, {a.model}",
+        )
         save_pretrained(net, out / "model", architecture=a.model, model_args=model_args)
         if distiller is not None:
             save_pretrained(distiller.teacher, out / "teacher", architecture=a.model, model_args=model_args)

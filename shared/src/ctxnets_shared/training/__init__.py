@@ -18,9 +18,11 @@ tqdm for progress bars, matplotlib for metric plots, Pillow for image folders).
   checkpoint and end with :class:`TrainingInterrupted`, exit status 130), :func:`check_input_fits` (an
   image size the model cannot take is one line), the one-line errors in
   :mod:`ctxnets_shared.training.errors`.
+* command lines: :func:`add_run_args` (``--device``, ``--workers``, ``--amp/--no-amp``,
+  ``--warmup-epochs``, ``--no-progress``, the same in every command), :class:`DefaultsHelpFormatter`.
 * RNG: :func:`seed_everything`, :func:`capture_rng_state`, :func:`restore_rng_state`.
 * progress: :class:`Progress` (tqdm on the main process), :class:`MetricLogger` (JSON lines, trimmed on
-  resume), :func:`plot_metrics`.
+  resume), :func:`plot_metrics` (a grid of panels, one per metric that has data).
 """
 
 from ctxnets_shared.training.checkpoint import (
@@ -34,6 +36,12 @@ from ctxnets_shared.training.checkpoint import (
     save_checkpoint,
     save_state,
     saved_settings,
+)
+from ctxnets_shared.training.cli_args import (
+    DefaultsHelpFormatter,
+    add_run_args,
+    device_flag,
+    resolve_device,
 )
 from ctxnets_shared.training.data import (
     AugmentedDataset,
@@ -78,6 +86,7 @@ __all__ = [
     "Checkpointer",
     "DataError",
     "DataSplits",
+    "DefaultsHelpFormatter",
     "DigitsDataset",
     "DistInfo",
     "ImageFolderDataset",
@@ -91,6 +100,7 @@ __all__ = [
     "RunLockedError",
     "StopOnSignal",
     "TrainingInterrupted",
+    "add_run_args",
     "all_gather_object",
     "all_reduce_mean",
     "barrier",
@@ -100,6 +110,7 @@ __all__ = [
     "check_input_fits",
     "check_resume_settings",
     "cleanup_distributed",
+    "device_flag",
     "find_latest_checkpoint",
     "init_distributed",
     "load_checkpoint",
@@ -107,6 +118,7 @@ __all__ = [
     "make_loader",
     "plot_metrics",
     "read_metrics",
+    "resolve_device",
     "restore_rng_state",
     "sample_generator",
     "save_checkpoint",

@@ -3,7 +3,7 @@
 :class:`MetricLogger` appends one JSON object per record to ``metrics.jsonl``; when a run resumes from
 step ``s`` it first drops the records after ``s`` (they belong to the interrupted part that is about to be
 redone), so the file of a resumed run reads like the file of an uninterrupted one.
-:func:`plot_metrics` draws chosen keys against the step into a PNG (matplotlib).
+:func:`plot_metrics` draws chosen keys against the step into a PNG (matplotlib), a grid of panels.
 """
 
 from __future__ import annotations
@@ -145,6 +145,12 @@ class MetricLogger:
             f.write(json.dumps(record) + "\n")
 
 
+def _grid(n: int) -> tuple[int, int]:
+    """(rows, columns) for ``n`` panels: at most three side by side, four as 2 x 2."""
+    cols = 2 if n == 4 else min(n, 3)
+    return math.ceil(n / cols), cols
+
+
 def plot_metrics(
     records: Sequence[Mapping[str, Any]] | str | os.PathLike[str],
     out_png: str | os.PathLike[str],
@@ -152,29 +158,42 @@ def plot_metrics(
     *,
     title: str = "",
 ) -> Path:
-    """One panel per key (value against step) in a PNG, written atomically. Needs matplotlib.
+    """One panel per key (value against step), in a grid of up to three columns; PNG written atomically.
 
     ``records`` is a list of metric dicts or the path of a metrics ``.jsonl`` file; keys a record lacks
-    are skipped for it, and a key no record has gets an empty panel labelled "(no data)".
+    are skipped for it, and a key no record has gets no panel (when none has any, the figure says so).
+    Needs matplotlib. Both training commands write their ``metrics.png`` with it.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     if isinstance(records, (str, os.PathLike)):
         records = read_metrics(records)
     if not keys:
         raise ValueError("plot_metrics needs at least one key")
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.2), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    series = {}
+    for key in keys:
         pts = [(r["step"], r[key]) for r in records if r.get(key) is not None and "step" in r]
         if pts:
-            xs, ys = zip(*pts)
-            ax.plot(xs, ys, marker="." if len(pts) < 30 else None)
-        ax.set_title(key if pts else f"{key} (no data)")
+            series[key] = pts
+    rows, cols = _grid(max(1, len(series)))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    flat = list(axes.flat)
+    for ax, (key, pts) in zip(flat, series.items()):
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, marker="." if len(pts) < 30 else None)
+        ax.set_title(key)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
+    if not series:
+        flat[0].text(0.5, 0.5, f"no data for {', '.join(keys)}", ha="center", va="center")
+        flat[0].set_axis_off()
+    for ax in flat[max(1, len(series)) :]:
+        ax.set_visible(False)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
