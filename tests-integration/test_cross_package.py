@@ -168,3 +168,15 @@ def test_care_pretraining_steps_on_each_packages_backbone(name: str) -> None:
     care.update_momentum(0, 10)
     changed = sum(not torch.equal(a, b) for a, b in zip(before, care.backbone.parameters()))
     assert changed > 0, "no backbone weight moved after a CARE step"
+
+
+def test_gcnet_analyze_names_the_attention_another_papers_model_has(tmp_path: Path, capsys) -> None:
+    """gcnet's analysis on a CoTNet (cot installed beside it): one line naming the CoT layers it found."""
+    from gcnet.cli import main
+
+    discover_packages()
+    assert main(["analyze", "cotnet50", "--out", str(tmp_path / "x"), "--img-size", "64"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gcnet: error: ") and err.count("\n") == 1
+    assert "it has CotLayer x16: local K x K attention per position" in err
+    assert not (tmp_path / "x").exists()
