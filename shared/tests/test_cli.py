@@ -208,40 +208,6 @@ def test_zoo_without_speed_is_deterministic(zoo_package: CtxnetsPackage, tmp_pat
     assert data["rows"][0]["img_per_s"] is None and "machine" not in data["meta"]
 
 
-def test_bench_keep_freed_memory_runs_under_the_allocator_settings(tmp_path: Path) -> None:
-    # a single setting still gets a process of its own, started with glibc's settings in its environment
-    argv = [
-        "bench",
-        "resnet18",
-        "--vs",
-        "resnet34",
-        "--batch-size",
-        "1",
-        "--img-size",
-        "32",
-        "--mode",
-        "infer",
-    ]
-    argv += [
-        "--compile",
-        "off",
-        "--repeats",
-        "1",
-        "--warmup",
-        "1",
-        "--keep-freed-memory",
-        "--out",
-        str(tmp_path),
-    ]
-    assert main(argv) == 0
-    header = (tmp_path / "bench.md").read_text().splitlines()[0]
-    assert (
-        "glibc keeps freed memory (MALLOC_MMAP_THRESHOLD_=4294967296, MALLOC_TRIM_THRESHOLD_=8589934592)"
-        in header
-    )
-    assert len(json.loads((tmp_path / "bench.json").read_text())["results"]) == 2
-
-
 class _FakeHfApi:
     """Records what ``ctxnets convert --push-to-hub`` asks of huggingface_hub; nothing leaves the machine."""
 

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +19,7 @@ import torch
 from PIL import Image
 
 from care_ssl.cli import main
+from ctxnets_shared.testing import kill_loop, stop_by_signal, temp_files
 from ctxnets_shared.training import RunLock, load_checkpoint
 
 
@@ -128,44 +126,6 @@ def test_export_of_a_run_with_a_bad_config_is_one_line(
     assert len(err.splitlines()) == 1 and err.startswith("care-ssl export: error: ") and message in err, err
 
 
-def _temp_files(out: Path) -> set[Path]:
-    return {
-        p for d in (out, out / "checkpoints") if d.is_dir() for p in d.iterdir() if p.name.endswith(".tmp")
-    }
-
-
-def _step(latest: Path) -> int:
-    try:
-        return int(json.loads(latest.read_text())["step"])
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
-def kill_loop(cmd: list[str], out: Path, kills: int, seed: int) -> int:
-    """Start, kill -9, restart with --resume, ``kills`` times; every other kill comes the moment a new
-    temporary file appears (a write under way), the others at a random moment after some progress.
-    Returns how many kills left a write unfinished."""
-    rng, latest, torn = random.Random(seed), out / "checkpoints" / "latest.json", 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for i in range(kills):
-        stale, start = _temp_files(out), _step(latest)
-        resume = ["--resume"] if latest.exists() else []
-        proc = subprocess.Popen([*cmd, *resume], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        deadline = time.monotonic() + 300
-        while proc.poll() is None and time.monotonic() < deadline:
-            if i % 2 == 0 and _temp_files(out) - stale:
-                break
-            if i % 2 == 1 and _step(latest) > start:
-                time.sleep(rng.uniform(0.0, 0.15))
-                break
-            time.sleep(0.001)
-        proc.kill()
-        _, err = proc.communicate()
-        assert proc.returncode == -signal.SIGKILL, f"run {i} ended by itself: {err.decode()[-2000:]}"
-        torn += bool(_temp_files(out) - stale)
-    return torn
-
-
 def test_kill_9_loop_then_sigterm_then_resume_equals_an_uninterrupted_run(
     data: Path, tmp_path: Path, capsys
 ) -> None:
@@ -174,22 +134,12 @@ def test_kill_9_loop_then_sigterm_then_resume_equals_an_uninterrupted_run(
     torn = kill_loop(cmd, killed, kills=5, seed=1)
     assert torn >= 1, "no kill landed during a write"
     # the last kill's unfinished write, or one like it (earlier ones went at each restart)
-    stale = _temp_files(killed) or {killed / "checkpoints" / ".ckpt-00000099.json.k1ll3d00.tmp"}
+    stale = temp_files(killed) or {killed / "checkpoints" / ".ckpt-00000099.json.k1ll3d00.tmp"}
     for p in stale:
         p.touch()
     # SIGTERM: the step finishes, a checkpoint of it is saved, exit status 130
-    latest = killed / "checkpoints" / "latest.json"
-    start = _step(latest)
-    proc = subprocess.Popen(
-        [*cmd, "--resume"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-    while proc.poll() is None and _step(latest) <= start:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err[-2000:]
-    stopped = _step(latest)
+    status, err, start, stopped = stop_by_signal(cmd, killed, signal.SIGTERM)
+    assert status == 130, err[-2000:]
     assert (
         f"resuming from step {start}" in err and f"interrupted at step {stopped}; resume with --resume" in err
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from ctxnets_shared.layers import UnknownAttnLayerError, list_attn_layers
 from ctxnets_shared.models.cfg import paper_numbers
 from ctxnets_shared.packages import UnknownModelError, discover_packages, distribution_version, find_model
 from ctxnets_shared.profiling import BenchResult, benchmark, count_params
+from ctxnets_shared.training.cli_args import DefaultsHelpFormatter
 from ctxnets_shared.weights.errors import CheckpointMismatchError, WeightsFileError
 from ctxnets_shared.weights.io import atomic_write
 
@@ -177,14 +177,6 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 # ---- bench -------------------------------------------------------------------------------------
 
-#: glibc settings that keep freed memory for reuse: no allocation is served by fresh pages from the kernel
-#: (by default blocks above 32 MB are, and the heap's top is returned), so no time goes to page faults
-KEEP_FREED_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**33)}
-
-
-def _keeps_freed_memory() -> bool:
-    return all(os.environ.get(k) == v for k, v in KEEP_FREED_MEMORY_ENV.items())
-
 
 def _bench_argv(args: argparse.Namespace, mode: str, compiled: bool, out: str) -> list[str]:
     argv = [*args.model, "--vs", *args.vs, "--mode", mode, "--compile", "on" if compiled else "off"]
@@ -196,8 +188,6 @@ def _bench_argv(args: argparse.Namespace, mode: str, compiled: bool, out: str) -
         argv.append("--channels-last")
     if args.native_size:
         argv.append("--native-size")
-    if args.keep_freed_memory:
-        argv.append("--keep-freed-memory")
     if args.quiet:
         argv.append("--quiet")
     return [sys.executable, "-m", "ctxnets_shared.cli", "bench", *argv]
@@ -207,10 +197,7 @@ def _bench_in_subprocess(args: argparse.Namespace, mode: str, compiled: bool) ->
     # each setting in a process of its own: the allocator's state, oneDNN's primitive cache and the
     # compiler's caches left by one setting would otherwise shape the timing of the next
     with tempfile.TemporaryDirectory(prefix="ctxnets-bench-") as tmp:
-        env = {**os.environ, **KEEP_FREED_MEMORY_ENV} if args.keep_freed_memory else None
-        proc = subprocess.run(
-            _bench_argv(args, mode, compiled, tmp), stdout=subprocess.DEVNULL, check=False, env=env
-        )
+        proc = subprocess.run(_bench_argv(args, mode, compiled, tmp), stdout=subprocess.DEVNULL, check=False)
         if proc.returncode != 0:
             raise UserError(f"the {mode}/{'compiled' if compiled else 'eager'} run failed (see above)")
         data = json.loads((Path(tmp) / "bench.json").read_text())
@@ -243,8 +230,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     results: list[BenchResult] = []
     for mode in modes:
         for compiled in compiles:
-            # the allocator reads its settings at process start, so they need a process of their own too
-            if len(modes) * len(compiles) > 1 or (args.keep_freed_memory and not _keeps_freed_memory()):
+            if len(modes) * len(compiles) > 1:
                 results += _bench_in_subprocess(args, mode, compiled)
                 continue
             # fresh models per setting: compiled wrappers and optimiser state must not leak across settings
@@ -268,16 +254,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 device=args.device,
                 progress=None if args.quiet else _stderr_progress(label),
             )
-    allocator = ""
-    if args.keep_freed_memory:
-        allocator = (
-            "; glibc keeps freed memory ("
-            + ", ".join(f"{k}={v}" for k, v in KEEP_FREED_MEMORY_ENV.items())
-            + ")"
-        )
     lines = [
         f"machine: {_machine()}; torch {torch.__version__}; batch {args.batch_size}, {_size_text(args)}, "
-        f"{'channels_last' if args.channels_last else 'NCHW'}, median of {args.repeats}{allocator}",
+        f"{'channels_last' if args.channels_last else 'NCHW'}, median of {args.repeats}",
         "",
         "| setting | model | img/s | vs " + peer + " | peak MB | vs " + peer + " |",
         "|---|---|---|---|---|---|",
@@ -349,17 +328,6 @@ def _push_to_hub(pkg: Any, converter: Any, args: argparse.Namespace, ckpt: Path,
 # ---- entry point -------------------------------------------------------------------------------
 
 
-class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """argparse's "(default: ...)" after every option that has a value; options whose help already says
-    it, flags and unset options are left as written."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if action.default is None or action.default is False or "default" in text:
-            return text
-        return super()._get_help_string(action) or text
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ctxnets", description="Tools for the installed ctxnets model packages.")
     p.add_argument("--version", action="version", version=f"ctxnets-shared {__version__}")
@@ -391,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="throughput and peak memory side by side with a peer, in one process",
         description="Throughput and peak memory of MODEL(s) beside peer(s), interleaved in one process. "
         "By default eager inference only; --compile and --mode add torch.compile and training steps.",
-        formatter_class=_DefaultsFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     s.add_argument("model", nargs="+", help="model(s) to measure")
     s.add_argument("--vs", nargs="+", required=True, help="peer model(s); ratios are against the first")
@@ -416,12 +384,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch.compile the models (compilation happens in the untimed warm-up)",
     )
     s.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-    s.add_argument(
-        "--keep-freed-memory",
-        action="store_true",
-        help="tell glibc's allocator to keep freed memory for reuse (Linux): no time spent on page faults "
-        "of fresh allocations, which otherwise favours the model with the smaller activations",
-    )
     s.add_argument("--warmup", type=_positive, default=5, help="untimed steps per model")
     s.add_argument("--repeats", type=_positive, default=10, help="timed steps per model; the median is kept")
     s.add_argument("--threads", type=_positive, help="torch intra-op threads (default: torch's choice)")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -256,23 +255,12 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``care-ssl``; returns the exit status."""
-    from ctxnets_shared.training import TrainingInterrupted
+    """Entry point of ``care-ssl``; returns the exit status (2: a one-line error, 130: interrupted)."""
+    from ctxnets_shared.training import run_command
 
     args = build_parser().parse_args(argv)
-    try:
-        return {"pretrain": _pretrain, "probe": _probe, "export": _export}[args.command](args)
-    except TrainingInterrupted as e:
-        if e.announce:
-            print(str(e), file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:  # a second Ctrl-C: the step and any write under way were abandoned
-        print("interrupted; resume with --resume (from the latest complete checkpoint)", file=sys.stderr)
-        return 130
-    except (ValueError, OSError) as e:  # OSError: a missing file, a full disk, a file too large
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"care-ssl {args.command}: error: {message}", file=sys.stderr)
-        return 2
+    command = {"pretrain": _pretrain, "probe": _probe, "export": _export}[args.command]
+    return run_command(f"care-ssl {args.command}", lambda: command(args))
 
 
 if __name__ == "__main__":

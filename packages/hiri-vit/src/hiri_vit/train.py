@@ -67,13 +67,13 @@ from ctxnets_shared.training import (
     make_loader,
     plot_metrics,
     resolve_device,
+    run_command,
     saved_settings,
     seed_everything,
     unwrap_model,
     wrap_model,
 )
 from ctxnets_shared.weights import (
-    CheckpointMismatchError,
     atomic_write,
     remove_stale_temp_files,
     save_pretrained,
@@ -420,29 +420,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     User mistakes (bad flags, data, checkpoints, a resume with other settings, a locked ``--out``, an
     ``OSError`` while writing) print one line and exit with status 2; SIGINT/SIGTERM save a checkpoint and
-    exit with status 130.
+    exit with status 130 (:func:`ctxnets_shared.training.run_command`).
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
+    args = build_parser().parse_args(argv)
+
+    def command() -> int:
         summary = train(args)
-    except TrainingInterrupted as e:
-        if e.announce:
-            print(str(e), file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:  # a second Ctrl-C: the step and any write under way were abandoned
-        print("interrupted; resume with --resume (from the latest complete checkpoint)", file=sys.stderr)
-        return 130
-    except CheckpointMismatchError as e:  # lists every differing key, one per line
-        print(f"hiri-vit {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as e:  # UsageError, DataError, WeightsFileError, ResumeSettingsError, ...
-        text = str(e).strip().splitlines()
-        print(f"hiri-vit {args.command}: error: {text[0] if text else type(e).__name__}", file=sys.stderr)
-        return 2
-    if summary:
-        print(json.dumps({k: v for k, v in summary.items() if k != "weights_sha256"}))
-    return 0
+        if summary:
+            print(json.dumps({k: v for k, v in summary.items() if k != "weights_sha256"}))
+        return 0
+
+    return run_command(f"hiri-vit {args.command}", command)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 ``ctxnets_shared.testing.checks`` holds the checks as plain functions that raise AssertionError;
 :func:`contract_suite` turns them into a pytest class; ``ctxnets_shared.testing.autocast`` emulates CUDA's
-autocast dtype policy on CPU. Importing this package needs pytest.
+autocast dtype policy on CPU; ``ctxnets_shared.testing.crash`` kills training commands (kill -9 loops, a
+stopping signal) for resume tests. Importing this package needs pytest.
 """
 
 from ctxnets_shared.testing.autocast import cuda_autocast_policy, cuda_like_autocast
@@ -15,6 +16,7 @@ from ctxnets_shared.testing.checks import (
     make_input,
     randomize_zero_init,
 )
+from ctxnets_shared.testing.crash import kill_loop, saved_step, stop_by_signal, temp_files
 from ctxnets_shared.testing.spec import ModelSpec
 from ctxnets_shared.testing.suite import contract_suite
 
@@ -28,6 +30,10 @@ __all__ = [
     "cuda_autocast_policy",
     "cuda_like_autocast",
     "fx_trace",
+    "kill_loop",
     "make_input",
     "randomize_zero_init",
+    "saved_step",
+    "stop_by_signal",
+    "temp_files",
 ]

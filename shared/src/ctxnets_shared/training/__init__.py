@@ -17,7 +17,7 @@ tqdm for progress bars, matplotlib for metric plots, Pillow for image folders).
 * run safety: :class:`RunLock` (one run per output folder), :class:`StopOnSignal` (SIGINT/SIGTERM save a
   checkpoint and end with :class:`TrainingInterrupted`, exit status 130), :func:`check_input_fits` (an
   image size the model cannot take is one line), the one-line errors in
-  :mod:`ctxnets_shared.training.errors`.
+  :mod:`ctxnets_shared.training.errors` and :func:`run_command` (an error: exit status 2; a stop: 130).
 * command lines: :func:`add_run_args` (``--device``, ``--workers``, ``--amp/--no-amp``,
   ``--warmup-epochs``, ``--no-progress``, the same in every command), :class:`DefaultsHelpFormatter`.
 * RNG: :func:`seed_everything`, :func:`capture_rng_state`, :func:`restore_rng_state`.
@@ -70,6 +70,7 @@ from ctxnets_shared.training.errors import (
     ResumeSettingsError,
     RunLockedError,
     TrainingInterrupted,
+    run_command,
 )
 from ctxnets_shared.training.interrupt import StopOnSignal
 from ctxnets_shared.training.lock import LOCK_NAME, RunLock
@@ -120,6 +121,7 @@ __all__ = [
     "read_metrics",
     "resolve_device",
     "restore_rng_state",
+    "run_command",
     "sample_generator",
     "save_checkpoint",
     "save_state",
