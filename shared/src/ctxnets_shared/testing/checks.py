@@ -490,6 +490,13 @@ def _half_step(
     model: nn.Module, x: torch.Tensor, dtype: torch.dtype, device: str
 ) -> tuple[torch.Tensor, nn.Module]:
     m = copy.deepcopy(model).to(device).train()
+    if device == "cpu" and dtype == torch.float16:
+        # CPU has no fast float16 kernel for a convolution's weight gradient (seconds per layer, where
+        # bfloat16 takes milliseconds): this step leaves conv weights frozen, so gradients still flow
+        # through every conv in float16; the bfloat16 step (and both steps on a GPU) checks their gradients
+        for conv in m.modules():
+            if isinstance(conv, nn.modules.conv._ConvNd):
+                conv.weight.requires_grad_(False)
     # the float32 policy stays on for backward: activation checkpointing recomputes there under the
     # forward's autocast state, and on CUDA that state brings the policy with it
     with cuda_autocast_policy():
@@ -507,7 +514,8 @@ def check_autocast(model: Any, spec: ModelSpec) -> None:
     softmax, layer/group norm, losses and reductions, so a model meets float32 tensors beside bf16/fp16
     activations (:mod:`ctxnets_shared.testing.autocast` emulates it on CPU; on a machine with a GPU the
     real policy runs there). Logits must be finite and of the right shape, and every parameter must get a
-    finite gradient from a backward outside the autocast region.
+    finite gradient from a backward outside the autocast region (on CPU the float16 step freezes conv
+    weights, whose float16 weight gradient has no fast CPU kernel; bfloat16 checks them).
     """
     x = make_input(spec, _in_chans(model))
     device = _device()
